@@ -1,0 +1,113 @@
+"""Versioned schema migrations of the DuckDB store.
+
+Each migration is applied once, in order, inside a transaction, and recorded in ``schema_migrations``;
+a file written by an older Rootwise therefore opens in a newer one. Never edit a released migration:
+append a new one.
+
+``points`` deliberately has no primary key: an ART index over hundreds of millions of points costs
+gigabytes of memory and halves append speed. Idempotency is enforced by the store's anti-join on
+``(series_id, ts)`` restricted to the batch's time range instead (see :mod:`ingest.store`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+_ROLLUP = """
+CREATE TABLE IF NOT EXISTS {name} (
+    series_id BIGINT NOT NULL,
+    ts TIMESTAMP NOT NULL,
+    avg DOUBLE, min DOUBLE, max DOUBLE, sum DOUBLE, count BIGINT, last DOUBLE
+);
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "telemetry tables",
+        """
+        CREATE TABLE series (
+            series_id BIGINT PRIMARY KEY,
+            metric VARCHAR NOT NULL,
+            service VARCHAR NOT NULL,
+            kind VARCHAR NOT NULL,
+            unit VARCHAR,
+            labels MAP(VARCHAR, VARCHAR) NOT NULL,
+            first_seen TIMESTAMP DEFAULT (now()::TIMESTAMP)
+        );
+        CREATE TABLE points (series_id BIGINT NOT NULL, ts TIMESTAMP NOT NULL, value DOUBLE NOT NULL);
+        CREATE TABLE histograms (
+            series_id BIGINT NOT NULL, ts TIMESTAMP NOT NULL,
+            count DOUBLE, sum DOUBLE, min DOUBLE, max DOUBLE,
+            bounds DOUBLE[] NOT NULL, counts DOUBLE[] NOT NULL, cumulative BOOLEAN NOT NULL
+        );
+        CREATE TABLE spans (
+            trace_id VARCHAR NOT NULL, span_id VARCHAR NOT NULL, parent_span_id VARCHAR,
+            service VARCHAR NOT NULL, name VARCHAR, kind VARCHAR, start TIMESTAMP NOT NULL,
+            duration DOUBLE, status VARCHAR, status_message VARCHAR,
+            tenant VARCHAR, model VARCHAR, provider VARCHAR, operation VARCHAR,
+            input_tokens BIGINT, output_tokens BIGINT, ttft DOUBLE,
+            attributes MAP(VARCHAR, VARCHAR), resource MAP(VARCHAR, VARCHAR), events VARCHAR
+        );
+        CREATE TABLE logs (
+            log_id VARCHAR NOT NULL, ts TIMESTAMP NOT NULL, service VARCHAR NOT NULL,
+            severity VARCHAR, severity_number INTEGER, body VARCHAR,
+            trace_id VARCHAR, span_id VARCHAR, tenant VARCHAR,
+            attributes MAP(VARCHAR, VARCHAR), template_id VARCHAR
+        );
+        CREATE TABLE events (
+            event_id VARCHAR PRIMARY KEY, ts TIMESTAMP NOT NULL, service VARCHAR NOT NULL,
+            kind VARCHAR NOT NULL, title VARCHAR, attributes MAP(VARCHAR, VARCHAR)
+        );
+        CREATE TABLE topology_edges (
+            source VARCHAR NOT NULL, target VARCHAR NOT NULL, origin VARCHAR NOT NULL, ts TIMESTAMP,
+            PRIMARY KEY (source, target, origin)
+        );
+        CREATE SEQUENCE ingest_rejects_seq;
+        CREATE TABLE ingest_rejects (
+            reject_id BIGINT DEFAULT nextval('ingest_rejects_seq'),
+            received TIMESTAMP NOT NULL, source VARCHAR, location VARCHAR, reason VARCHAR NOT NULL,
+            raw BLOB
+        );
+        """,
+    ),
+    Migration(
+        2,
+        "rollups for retention",
+        _ROLLUP.format(name="points_5m") + _ROLLUP.format(name="points_1h"),
+    ),
+    Migration(
+        3,
+        "result tables (filled by detectors, rca, forecasting and alerting)",
+        """
+        CREATE TABLE anomalies (
+            series_id BIGINT NOT NULL, ts TIMESTAMP NOT NULL, detector VARCHAR NOT NULL,
+            score DOUBLE, is_anomaly BOOLEAN, expected DOUBLE, lower DOUBLE, upper DOUBLE
+        );
+        CREATE TABLE incidents (
+            id VARCHAR PRIMARY KEY, service VARCHAR, metric VARCHAR, labels MAP(VARCHAR, VARCHAR),
+            start TIMESTAMP, "end" TIMESTAMP, severity VARCHAR, status VARCHAR,
+            causes VARCHAR, updated TIMESTAMP
+        );
+        CREATE TABLE forecasts (
+            series_id BIGINT NOT NULL, ts TIMESTAMP NOT NULL, yhat DOUBLE,
+            lo80 DOUBLE, hi80 DOUBLE, lo95 DOUBLE, hi95 DOUBLE, model VARCHAR, created TIMESTAMP
+        );
+        CREATE TABLE alert_outbox (
+            id VARCHAR PRIMARY KEY, incident_id VARCHAR, receiver VARCHAR NOT NULL, payload VARCHAR,
+            status VARCHAR NOT NULL, attempts INTEGER DEFAULT 0, next_attempt TIMESTAMP,
+            last_error VARCHAR, created TIMESTAMP, delivered TIMESTAMP
+        );
+        """,
+    ),
+)
+
+LATEST = MIGRATIONS[-1].version

@@ -1,0 +1,262 @@
+"""The DuckDB telemetry store: opening, migrations, thread-safe cursors and idempotent batched appends.
+
+Concurrency model
+-----------------
+DuckDB allows one read-write *process* per database file. Rootwise therefore has exactly one owner
+process per file (``rootwise serve``, or a one-shot CLI command when no server runs). Inside that process
+any number of threads share the one :class:`Store`: each thread gets its own cursor
+(:meth:`Store.cursor`), reads run concurrently, and appends are serialised by a lock so a batch is
+one transaction that either lands whole or not at all. A crash (even SIGKILL) at any moment leaves the
+file at the last committed batch; DuckDB's write-ahead log replays on the next open.
+
+Idempotency
+-----------
+Series ids are content hashes (:func:`ingest.batch.series_id`), so the same series always gets the same id.
+Points and histogram points are unique by ``(series_id, ts)``, spans by ``(trace_id, span_id)``, logs by a
+content hash and events by id: a re-ingested file or re-sent OTLP payload adds nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from ingest import schema
+from ingest.batch import TelemetryBatch
+from ingest.migrations import LATEST, MIGRATIONS
+
+
+class StoreError(RuntimeError):
+    """A store problem with a message meant for the user."""
+
+
+class StoreLockedError(StoreError):
+    """Another process holds the database file."""
+
+
+@dataclass
+class AppendResult:
+    """What one append did: records offered per kind, rows actually inserted, rejects dead-lettered."""
+
+    accepted: dict[str, int] = field(default_factory=dict)
+    inserted: dict[str, int] = field(default_factory=dict)
+    rejected: int = 0
+
+    @property
+    def accepted_total(self) -> int:
+        return sum(self.accepted.values())
+
+    def add(self, other: AppendResult) -> None:
+        for k, v in other.accepted.items():
+            self.accepted[k] = self.accepted.get(k, 0) + v
+        for k, v in other.inserted.items():
+            self.inserted[k] = self.inserted.get(k, 0) + v
+        self.rejected += other.rejected
+
+
+def _arrow(frame: pl.DataFrame, columns: dict[str, pl.DataType]) -> Any:
+    return frame.select([pl.col(c).cast(t) for c, t in columns.items()]).to_arrow()
+
+
+# Insert statements per batch part; ``b`` is the registered Arrow table of the part.
+# Points/histograms: de-duplicate within the batch, then anti-join against stored rows of the same series in
+# the batch's time range (zone maps prune the scan to the row groups that can match).
+_INSERT = {
+    "series": """
+        INSERT INTO series (series_id, metric, service, kind, unit, labels)
+        SELECT series_id, metric, service, kind, unit, map_from_entries(labels)
+        FROM b WHERE series_id NOT IN (SELECT series_id FROM series)
+    """,
+    "points": """
+        INSERT INTO points
+        SELECT d.series_id, d.ts, d.value FROM (
+            SELECT series_id, ts, any_value(value ORDER BY value) AS value FROM b GROUP BY series_id, ts
+        ) d
+        ANTI JOIN (SELECT series_id, ts FROM points WHERE ts BETWEEN $lo AND $hi) p
+            ON p.series_id = d.series_id AND p.ts = d.ts
+    """,
+    "histograms": """
+        INSERT INTO histograms
+        SELECT d.* FROM (SELECT DISTINCT ON (series_id, ts) * FROM b) d
+        ANTI JOIN (SELECT series_id, ts FROM histograms WHERE ts BETWEEN $lo AND $hi) p
+            ON p.series_id = d.series_id AND p.ts = d.ts
+    """,
+    "spans": """
+        INSERT INTO spans
+        SELECT d.* EXCLUDE (attributes, resource), map_from_entries(d.attributes), map_from_entries(d.resource)
+        FROM (SELECT DISTINCT ON (trace_id, span_id) * FROM b) d
+        ANTI JOIN (SELECT trace_id, span_id FROM spans WHERE start BETWEEN $lo AND $hi) s
+            ON s.trace_id = d.trace_id AND s.span_id = d.span_id
+    """,
+    "logs": """
+        INSERT INTO logs
+        SELECT d.* EXCLUDE (attributes, template_id), map_from_entries(d.attributes), d.template_id
+        FROM (SELECT DISTINCT ON (log_id) * FROM b) d
+        ANTI JOIN (SELECT log_id FROM logs WHERE ts BETWEEN $lo AND $hi) l ON l.log_id = d.log_id
+    """,
+    "events": """
+        INSERT OR IGNORE INTO events
+        SELECT DISTINCT ON (event_id) event_id, ts, service, kind, title, map_from_entries(attributes) FROM b
+    """,
+    "edges": """
+        INSERT INTO topology_edges SELECT DISTINCT ON (source, target, origin) * FROM b
+        ON CONFLICT DO UPDATE SET ts = greatest(ts, excluded.ts)
+    """,
+}
+_TIME_COL = {"points": "ts", "histograms": "ts", "spans": "start", "logs": "ts"}
+# the column order of the Arrow table handed to DuckDB must match the table for the SELECT * inserts
+_ORDER = ("series", "points", "histograms", "spans", "logs", "events", "edges")
+
+
+class Store:
+    """One DuckDB file (or ``":memory:"``), migrated to the latest schema on open.
+
+    Examples
+    --------
+    >>> store = Store(":memory:")
+    >>> store.schema_version() == LATEST
+    True
+    >>> store.close()
+    """
+
+    def __init__(self, path: str | Path = "rootwise.duckdb", *, read_only: bool = False) -> None:
+        self.path = str(path)
+        self.read_only = read_only
+        if self.path != ":memory:" and not read_only:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._conn = duckdb.connect(self.path, read_only=read_only)
+        except duckdb.IOException as exc:
+            if "lock" in str(exc).lower():
+                raise StoreLockedError(
+                    f"{self.path} is held by another process (DuckDB allows one writer per file). If "
+                    "`rootwise serve` owns it, send data to its HTTP API instead (POST /v1/metrics, "
+                    "/v1/traces, /v1/logs) or stop it first."
+                ) from exc
+            raise StoreError(f"cannot open {self.path}: {exc}") from exc
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        self._conn.execute("SET TimeZone = 'UTC'")
+        if read_only:
+            if self.schema_version() < LATEST:
+                raise StoreError(
+                    f"{self.path} has schema version {self.schema_version()}, this Rootwise needs {LATEST}; "
+                    "open it read-write once to migrate"
+                )
+        else:
+            self.migrate()
+
+    # -- connection management -------------------------------------------------------------------
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """This thread's cursor on the shared connection (DuckDB cursors are not thread-safe)."""
+        cur = getattr(self._local, "cursor", None)
+        if cur is None:
+            cur = self._conn.cursor()
+            cur.execute("SET TimeZone = 'UTC'")
+            self._local.cursor = cur
+        return cur
+
+    def close(self) -> None:
+        """Checkpoint and close the file."""
+        try:
+            if not self.read_only:
+                self._conn.execute("CHECKPOINT")
+        finally:
+            self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- migrations --------------------------------------------------------------------------------
+    def schema_version(self) -> int:
+        cur = self.cursor()
+        exists = cur.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_migrations'"
+        ).fetchone()
+        if not exists or not exists[0]:
+            return 0
+        row = cur.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
+        return int(row[0]) if row else 0
+
+    def migrate(self) -> list[int]:
+        """Apply pending migrations in order, each in its own transaction; returns versions applied."""
+        cur = self.cursor()
+        cur.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name VARCHAR, "
+            "applied TIMESTAMP DEFAULT (now()::TIMESTAMP))"
+        )
+        current = self.schema_version()
+        if current > LATEST:
+            raise StoreError(f"{self.path} has schema version {current}, newer than this Rootwise ({LATEST})")
+        applied = []
+        for m in MIGRATIONS:
+            if m.version <= current:
+                continue
+            cur.begin()
+            try:
+                cur.execute(m.sql)
+                cur.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [m.version, m.name])
+                cur.commit()
+            except Exception:
+                cur.rollback()
+                raise
+            applied.append(m.version)
+        return applied
+
+    # -- appends -----------------------------------------------------------------------------------
+    def append(self, batch: TelemetryBatch) -> AppendResult:
+        """Append a batch in one transaction; returns what was offered and what was new."""
+        result = AppendResult(accepted=batch.counts(), rejected=batch.rejected)
+        with self._write_lock:
+            cur = self.cursor()
+            cur.begin()
+            try:
+                for part in _ORDER:
+                    frame: pl.DataFrame = getattr(batch, part)
+                    if frame.height == 0:
+                        continue
+                    table, columns = schema.TABLES[part]
+                    cur.register("b", _arrow(frame, columns))
+                    params: dict[str, Any] = {}
+                    if part in _TIME_COL:
+                        col = frame.get_column(_TIME_COL[part])
+                        params = {"lo": col.min(), "hi": col.max()}
+                    row = cur.execute(_INSERT[part], params or None).fetchone()
+                    cur.unregister("b")
+                    if part != "series":
+                        result.inserted[part] = int(row[0]) if row else 0
+                if batch.rejects:
+                    cur.register("b", _arrow(batch.rejects_frame(), schema.REJECTS))
+                    cur.execute(
+                        "INSERT INTO ingest_rejects (received, source, location, reason, raw) "
+                        "SELECT received, source, location, reason, raw FROM b"
+                    )
+                    cur.unregister("b")
+                cur.commit()
+            except Exception:
+                cur.rollback()
+                raise
+        return result
+
+    def append_many(self, batches: list[TelemetryBatch]) -> AppendResult:
+        """Append several batches as one transaction (used by the receiver's writer to coalesce)."""
+        return self.append(TelemetryBatch.concat(batches))
+
+    # -- small conveniences used by tests and the CLI -----------------------------------------------
+    def count(self, table: str) -> int:
+        """Row count of a known table (the name is checked against the schema, never interpolated blindly)."""
+        known = {t for t, _ in schema.TABLES.values()} | {
+            "points_5m", "points_1h", "anomalies", "incidents", "forecasts", "alert_outbox",
+        }
+        if table not in known:
+            raise StoreError(f"unknown table {table!r}; expected one of {sorted(known)}")
+        row = self.cursor().execute(f'SELECT count(*) FROM "{table}"').fetchone()
+        return int(row[0]) if row else 0
