@@ -14,7 +14,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from ingest import schema
 
@@ -133,6 +135,35 @@ class TelemetryBatch:
         return out
 
 
+def _series_frame(rows: list[tuple]) -> pl.DataFrame:
+    """Series rows ``(id, metric, service, kind, unit, sorted label items)`` as a SERIES frame.
+
+    The labels column is assembled as one Arrow list array: building it row by row through polars costs
+    more than the whole parse of a Prometheus page.
+    """
+    items = [r[5] for r in rows]
+    offsets = np.zeros(len(rows) + 1, dtype=np.int32)
+    np.cumsum([len(i) for i in items], out=offsets[1:])
+    labels = pa.ListArray.from_arrays(
+        pa.array(offsets),
+        pa.StructArray.from_arrays(
+            [pa.array([k for i in items for k, _ in i], pa.string()),
+             pa.array([v for i in items for _, v in i], pa.string())],
+            names=["key", "value"],
+        ),
+    )
+    return pl.DataFrame(
+        {
+            "series_id": pl.Series([r[0] for r in rows], dtype=pl.Int64),
+            "metric": [r[1] for r in rows],
+            "service": [r[2] for r in rows],
+            "kind": [r[3] for r in rows],
+            "unit": [r[4] for r in rows],
+            "labels": pl.from_arrow(labels),
+        }
+    ).cast(schema.SERIES)  # type: ignore[arg-type]
+
+
 class MetricBuilder:
     """Collects metric points from row-oriented decoders into columnar frames.
 
@@ -162,12 +193,15 @@ class MetricBuilder:
 
     def series(self, metric: str, service: str, kind: str, unit: str | None, labels: Mapping[str, str]) -> int:
         """Intern a series and return its id."""
-        cache_key = (metric, service, tuple(sorted(labels.items())))
+        items = tuple(sorted(labels.items()))
+        cache_key = (metric, service, items)
         sid = self._series.get(cache_key)
         if sid is None:
-            sid = series_id(metric, service, labels)
+            # the same string as series_key(), built from the already sorted items
+            key = f"{metric}{_SEP_FIELD}{service}{_SEP_FIELD}" + _SEP_LABEL.join([f"{k}={v}" for k, v in items])
+            sid = series_id_of_key(key)
             self._series[cache_key] = sid
-            self._series_rows[sid] = (metric, service, kind, unit or "", labels_list(labels))
+            self._series_rows[sid] = (metric, service, kind, unit or "", items)
         return sid
 
     def reject(self, location: str, reason: str, raw: bytes | str) -> None:
@@ -229,7 +263,7 @@ class MetricBuilder:
         """The collected points as a batch (series restricted to those with accepted points)."""
         used = set(self._p_sid) | {r[0] for r in self._h_rows}
         rows = [(sid, *self._series_rows[sid]) for sid in used]
-        series = pl.DataFrame(rows, schema=schema.SERIES, orient="row") if rows else schema.empty(schema.SERIES)
+        series = _series_frame(rows) if rows else schema.empty(schema.SERIES)
         points = pl.DataFrame(
             {"series_id": self._p_sid, "ts": self._p_ts, "value": self._p_val},
             schema={"series_id": pl.Int64, "ts": pl.Int64, "value": pl.Float64},
