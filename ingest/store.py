@@ -99,14 +99,14 @@ _INSERT = {
     """,
     "spans": """
         INSERT INTO spans
-        SELECT d.* EXCLUDE (attributes, resource), map_from_entries(d.attributes), map_from_entries(d.resource)
+        SELECT d.* REPLACE (map_from_entries(d.attributes) AS attributes, map_from_entries(d.resource) AS resource)
         FROM (SELECT DISTINCT ON (trace_id, span_id) * FROM b) d
         ANTI JOIN (SELECT trace_id, span_id FROM spans WHERE start BETWEEN $lo AND $hi) s
             ON s.trace_id = d.trace_id AND s.span_id = d.span_id
     """,
     "logs": """
         INSERT INTO logs
-        SELECT d.* EXCLUDE (attributes, template_id), map_from_entries(d.attributes), d.template_id
+        SELECT d.* REPLACE (map_from_entries(d.attributes) AS attributes)
         FROM (SELECT DISTINCT ON (log_id) * FROM b) d
         ANTI JOIN (SELECT log_id FROM logs WHERE ts BETWEEN $lo AND $hi) l ON l.log_id = d.log_id
     """,

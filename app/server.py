@@ -1,0 +1,168 @@
+"""The Rootwise HTTP server process: OTLP receiver (and, through ``mount``, the app) on waitress.
+
+Shutdown on SIGTERM or SIGINT: stop accepting connections, let requests in flight finish and their replies
+go out, flush the write queue, checkpoint and close the DuckDB file, return (exit status 0).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import flask
+from waitress import wasyncore
+from waitress.server import create_server
+
+from app.receiver import MAX_BODY_BYTES, otlp_blueprint
+from ingest.genai import DEFAULT_TENANT_ATTRIBUTE
+from ingest.store import Store
+from ingest.writer import BatchWriter
+
+#: seconds SIGTERM waits for requests in flight (their commit included) before closing connections
+DRAIN_SECONDS = 20.0
+
+
+class _InFlight:
+    """WSGI middleware counting requests whose response has not been fully produced yet."""
+
+    def __init__(self, app: Callable[..., Any]) -> None:
+        self.app = app
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:
+        with self._lock:
+            self.count += 1
+        try:
+            body = self.app(environ, start_response)
+        except BaseException:
+            self._done()
+            raise
+        return _Closing(body, self._done)
+
+    def _done(self) -> None:
+        with self._lock:
+            self.count -= 1
+
+
+class _Closing:
+    """A response iterable that reports when the server closes it (the response is complete)."""
+
+    def __init__(self, body: Iterable[bytes], on_close: Callable[[], None]) -> None:
+        self.body = body
+        self.on_close = on_close
+
+    def __iter__(self):
+        return iter(self.body)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self.body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self.on_close()
+
+
+def create_server_app(
+    store: Store,
+    *,
+    token: str | None = None,
+    tenant_attribute: str = DEFAULT_TENANT_ATTRIBUTE,
+    mount: Callable[[flask.Flask, Store], None] | None = None,
+) -> tuple[flask.Flask, BatchWriter]:
+    """A Flask app with the OTLP receiver, and its started :class:`BatchWriter`.
+
+    Parameters
+    ----------
+    store
+        The open store; the caller closes it after ``writer.close()``.
+    token
+        Bearer token for the OTLP endpoints (``None``: no authentication).
+    tenant_attribute
+        Attribute naming the tenant.
+    mount
+        Called as ``mount(app, store)`` to attach more (``app.dashboard.mount_dashboard``: the Dash app reads
+        the same store).
+    """
+    app = flask.Flask("rootwise")
+    writer = BatchWriter(store)
+    app.register_blueprint(otlp_blueprint(writer, token=token, tenant_attribute=tenant_attribute))
+    if mount is not None:
+        mount(app, store)
+    return app, writer
+
+
+def serve(
+    db: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8050,
+    token: str | None = None,
+    tenant_attribute: str = DEFAULT_TENANT_ATTRIBUTE,
+    mount: Callable[[flask.Flask, Store], None] | None = None,
+    threads: int = 8,
+) -> None:
+    """Open ``db``, serve the receiver (and whatever ``mount`` adds) on ``host:port`` until SIGTERM/SIGINT.
+
+    Prints one line with the URL once listening (``port=0`` picks a free port and prints it). Must run in the
+    main thread (it installs signal handlers).
+    """
+    store = Store(db)
+    try:
+        app, writer = create_server_app(store, token=token, tenant_attribute=tenant_attribute, mount=mount)
+    except BaseException:
+        store.close()
+        raise
+    inflight = _InFlight(app.wsgi_app)
+    app.wsgi_app = inflight  # type: ignore[method-assign]
+    socket_map: dict = {}
+    try:
+        server = create_server(
+            app,
+            map=socket_map,
+            host=host,
+            port=port,
+            threads=threads,
+            max_request_body_size=MAX_BODY_BYTES + 1024,
+            ident="rootwise",
+        )
+    except BaseException:  # e.g. the port is taken
+        writer.close(timeout=60)
+        store.close()
+        raise
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+        server.pull_trigger()  # wake the loop now instead of at its next timeout
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        print(f"Rootwise listening on http://{host}:{server.effective_port}", flush=True)
+        while not stop.is_set():
+            wasyncore.loop(timeout=1.0, map=socket_map, count=1)
+        # stop accepting (the listening socket only; the trigger stays for the workers' replies) and drain
+        wasyncore.dispatcher.close(server)
+        deadline = time.monotonic() + DRAIN_SECONDS
+        while time.monotonic() < deadline and (inflight.count > 0 or _pending_output(socket_map)):
+            wasyncore.loop(timeout=0.05, map=socket_map, count=1)
+    finally:
+        server.task_dispatcher.shutdown(timeout=5)
+        server.close()
+        wasyncore.close_all(socket_map)
+        writer.close(timeout=60)
+        store.close()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _pending_output(socket_map: dict) -> bool:
+    """True while a connection has a request waiting for a worker or reply bytes still to send."""
+    return any(
+        getattr(ch, "requests", None) or getattr(ch, "total_outbufs_len", 0) > 0
+        for ch in list(socket_map.values())
+    )
