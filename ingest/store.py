@@ -18,7 +18,9 @@ content hash and events by id: a re-ingested file or re-sent OTLP payload adds n
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -191,11 +193,10 @@ class Store:
         cur = self.cursor()
         exists = cur.execute(
             "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_migrations'"
-        ).fetchone()
-        if not exists or not exists[0]:
+        ).fetchall()
+        if not exists[0][0]:
             return 0
-        row = cur.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
-        return int(row[0]) if row else 0
+        return int(cur.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchall()[0][0])
 
     def migrate(self) -> list[int]:
         """Apply pending migrations in order, each in its own transaction; returns versions applied."""
@@ -222,41 +223,50 @@ class Store:
             applied.append(m.version)
         return applied
 
-    # -- appends -----------------------------------------------------------------------------------
-    def append(self, batch: TelemetryBatch) -> AppendResult:
-        """Append a batch in one transaction; returns what was offered and what was new."""
-        result = AppendResult(accepted=batch.counts(), rejected=batch.rejected)
+    # -- writes ------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def write_transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """This thread's cursor inside one write transaction, serialised with every other writer.
+
+        Commits when the block ends, rolls back if it raises.
+        """
         with self._write_lock:
             cur = self.cursor()
             cur.begin()
             try:
-                for part in _ORDER:
-                    frame: pl.DataFrame = getattr(batch, part)
-                    if frame.height == 0:
-                        continue
-                    _, columns = schema.TABLES[part]
-                    if part == "points":
-                        frame = _unique_points(frame)
-                    cur.register("b", _arrow(frame, columns))
-                    params: dict[str, Any] = {}
-                    if part in _TIME_COL:
-                        col = frame.get_column(_TIME_COL[part])
-                        params = {"lo": col.min(), "hi": col.max()}
-                    row = cur.execute(_INSERT[part], params or None).fetchone()
-                    cur.unregister("b")
-                    if part != "series":
-                        result.inserted[part] = int(row[0]) if row else 0
-                if batch.rejects:
-                    cur.register("b", _arrow(batch.rejects_frame(), schema.REJECTS))
-                    cur.execute(
-                        "INSERT INTO ingest_rejects (received, source, location, reason, raw) "
-                        "SELECT received, source, location, reason, raw FROM b"
-                    )
-                    cur.unregister("b")
+                yield cur
                 cur.commit()
-            except Exception:
+            except BaseException:
                 cur.rollback()
                 raise
+
+    def append(self, batch: TelemetryBatch) -> AppendResult:
+        """Append a batch in one transaction; returns what was offered and what was new."""
+        result = AppendResult(accepted=batch.counts(), rejected=batch.rejected)
+        with self.write_transaction() as cur:
+            for part in _ORDER:
+                frame: pl.DataFrame = getattr(batch, part)
+                if frame.height == 0:
+                    continue
+                _, columns = schema.TABLES[part]
+                if part == "points":
+                    frame = _unique_points(frame)
+                cur.register("b", _arrow(frame, columns))
+                params: dict[str, Any] = {}
+                if part in _TIME_COL:
+                    col = frame.get_column(_TIME_COL[part])
+                    params = {"lo": col.min(), "hi": col.max()}
+                rows = cur.execute(_INSERT[part], params or None).fetchall()
+                cur.unregister("b")
+                if part != "series":
+                    result.inserted[part] = int(rows[0][0]) if rows else 0
+            if batch.rejects:
+                cur.register("b", _arrow(batch.rejects_frame(), schema.REJECTS))
+                cur.execute(
+                    "INSERT INTO ingest_rejects (received, source, location, reason, raw) "
+                    "SELECT received, source, location, reason, raw FROM b"
+                ).fetchall()
+                cur.unregister("b")
         return result
 
     def append_many(self, batches: list[TelemetryBatch]) -> AppendResult:
@@ -271,5 +281,5 @@ class Store:
         }
         if table not in known:
             raise StoreError(f"unknown table {table!r}; expected one of {sorted(known)}")
-        row = self.cursor().execute(f'SELECT count(*) FROM "{table}"').fetchone()
-        return int(row[0]) if row else 0
+        rows = self.cursor().execute(f'SELECT count(*) FROM "{table}"').fetchall()
+        return int(rows[0][0])
