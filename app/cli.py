@@ -36,7 +36,9 @@ def emit(data: Any, fmt: str, human: Callable[[Any], str]) -> None:
             writer = csv.DictWriter(buf, fieldnames=list(rows[0].keys()), extrasaction="ignore")
             writer.writeheader()
             for row in rows:
-                writer.writerow({k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in row.items()})
+                writer.writerow(
+                    {k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in row.items()}
+                )
         print(buf.getvalue(), end="")
     else:
         print(human(data))
@@ -77,7 +79,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     store = _open_store(args.db)
     try:
         report = ingest_paths(
-            store, paths, progress=args.progress and sys.stderr.isatty(), tenant_attribute=args.tenant_attribute
+            store,
+            paths,
+            progress=args.progress and sys.stderr.isatty(),
+            tenant_attribute=args.tenant_attribute,
         )
     finally:
         store.close()
@@ -86,7 +91,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     def human(d: dict[str, Any]) -> str:
         lines = [f"accepted {d['accepted']:,} records, rejected {d['rejected']:,} (into ingest_rejects)"]
         for f in d["files"]:
-            status = f"error: {f['error']}" if f.get("error") else f"{f['accepted']:,} accepted, {f['rejected']:,} rejected"
+            status = (
+                f"error: {f['error']}"
+                if f.get("error")
+                else f"{f['accepted']:,} accepted, {f['rejected']:,} rejected"
+            )
             lines.append(f"  {f['path']} [{f['format']}]: {status}")
             lines.extend(f"    - {r}" for r in f.get("first_reasons", []))
         return "\n".join(lines)
@@ -123,7 +132,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         raise CliError(str(exc)) from exc
     from app.dashboard import mount_dashboard
+    from ingest.scrape import ScrapeTarget
 
+    targets = [ScrapeTarget(url=s.url, service=s.service, labels=s.labels) for s in config.scrape]
     serve(
         args.db,
         host=args.host,
@@ -131,6 +142,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         token=config.token.reveal() if config.token else None,
         tenant_attribute=config.tenant_attribute,
         mount=mount_dashboard,
+        scrape=targets,
+        # one schedule for every target: the shortest interval any target asks for
+        scrape_interval_s=min((s.interval_s for s in config.scrape), default=15.0),
     )
     return 0
 
@@ -139,8 +153,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from app.demo import run_demo
 
     return run_demo(
-        db=args.db, port=args.port, host=args.host, days=args.days, seed=args.seed, scale=args.scale,
-        serve=not args.no_serve, fmt=args.format,
+        db=args.db,
+        port=args.port,
+        host=args.host,
+        days=args.days,
+        seed=args.seed,
+        scale=args.scale,
+        serve=not args.no_serve,
+        fmt=args.format,
     )
 
 
@@ -169,8 +189,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 # -- parser ----------------------------------------------------------------------------------------------
 def _common(p: argparse.ArgumentParser, *, db: bool = True) -> None:
     if db:
-        p.add_argument("--db", default=os.environ.get("ROOTWISE_DB", DEFAULT_DB),
-                       help=f"DuckDB file (default ./{DEFAULT_DB}, or $ROOTWISE_DB)")
+        p.add_argument(
+            "--db",
+            default=os.environ.get("ROOTWISE_DB", DEFAULT_DB),
+            help=f"DuckDB file (default ./{DEFAULT_DB}, or $ROOTWISE_DB)",
+        )
     p.add_argument("--format", choices=("text", "json", "csv"), default="text", help="output format")
 
 
@@ -188,7 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=float, default=3.0, help="days of telemetry to simulate (default 3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scale", type=float, default=1.0, help="platform size multiplier (default 1)")
-    p.add_argument("--no-serve", action="store_true", help="stop after the pipeline instead of serving the app")
+    p.add_argument(
+        "--no-serve", action="store_true", help="stop after the pipeline instead of serving the app"
+    )
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("simulate", help="write simulated telemetry (public formats) and ground-truth labels")
@@ -202,8 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ingest", help="ingest files or folders (format detected from content)")
     _common(p)
     p.add_argument("paths", nargs="+", metavar="PATH")
-    p.add_argument("--tenant-attribute", default="rootwise.tenant.id",
-                   help="attribute holding the tenant id (falls back to 'tenant')")
+    p.add_argument(
+        "--tenant-attribute",
+        default="rootwise.tenant.id",
+        help="attribute holding the tenant id (falls back to 'tenant')",
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=cmd_ingest)
 
@@ -216,16 +244,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("retention", help="roll raw points up to 5m/1h and drop raw points past an age")
     _common(p)
-    p.add_argument("--raw-max-age", type=parse_duration, default=timedelta(days=14),
-                   help="keep raw points this long (e.g. 14d; default 14d)")
+    p.add_argument(
+        "--raw-max-age",
+        type=parse_duration,
+        default=timedelta(days=14),
+        help="keep raw points this long (e.g. 14d; default 14d)",
+    )
     p.set_defaults(func=cmd_retention)
 
     p = sub.add_parser("bench", help="benchmarks; print figures and write JSON")
     _common(p, db=False)
     p.add_argument("what", choices=("ingest",))
     p.add_argument("--points", type=int, default=20_000_000, help="points per measured path (default 20M)")
-    p.add_argument("--big-points", type=int, default=100_000_000,
-                   help="points in the streamed Parquet file for the peak-RSS check (0 to skip)")
+    p.add_argument(
+        "--big-points",
+        type=int,
+        default=100_000_000,
+        help="points in the streamed Parquet file for the peak-RSS check (0 to skip)",
+    )
     p.add_argument("--out", default="bench-results/ingest.json", help="JSON results file")
     p.set_defaults(func=cmd_bench)
     return parser

@@ -103,7 +103,7 @@ def load_config(path: str | Path | None) -> Config:
     for i, item in enumerate(_expect(raw, "scrape", list, where, [])):
         w = f"{where}: scrape[{i}]"
         if not isinstance(item, dict) or "url" not in item:
-            raise ConfigError(f"{w}: expected a table with at least url = \"http://host:port/metrics\"")
+            raise ConfigError(f'{w}: expected a table with at least url = "http://host:port/metrics"')
         url = _expect(item, "url", str, w, "")
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"{w}.url: expected an http(s) URL, got {url!r}")

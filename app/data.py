@@ -82,7 +82,9 @@ def data_range() -> tuple[datetime, datetime] | None:
 
 
 def recent_events(limit: int = 20) -> pl.DataFrame:
-    return _cached(("events", limit), lambda: queries.events(_store()).sort("ts", descending=True).head(limit))
+    return _cached(
+        ("events", limit), lambda: queries.events(_store()).sort("ts", descending=True).head(limit)
+    )
 
 
 def reject_count() -> int:
@@ -97,6 +99,16 @@ def metric_frame(
     step = max(timedelta(minutes=1), span / 300)
     step = timedelta(minutes=round(step.total_seconds() / 60) or 1)
     key = ("frame", metric, service, group_by, agg, start, end)
-    return _cached(key, lambda: queries.resample(
-        _store(), metric=metric, service=service, start=start, end=end, step=step, agg=agg, group_by=group_by
-    ))
+    return _cached(
+        key,
+        lambda: queries.resample(
+            _store(),
+            metric=metric,
+            service=service,
+            start=start,
+            end=end,
+            step=step,
+            agg=agg,
+            group_by=group_by,
+        ),
+    )

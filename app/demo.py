@@ -28,7 +28,9 @@ def run_demo(
     console = Console(stderr=True)
     out = demo_data_dir(db)
     t0 = time.perf_counter()
-    console.print(f"[bold]1/3[/] simulating {days:g} days of an ML platform (seed {seed}, scale {scale:g}) → {out}")
+    console.print(
+        f"[bold]1/3[/] simulating {days:g} days of an ML platform (seed {seed}, scale {scale:g}) → {out}"
+    )
     manifest = simulate(out, days=days, seed=seed, scale=scale, progress=sys.stderr.isatty())
     t_sim = time.perf_counter() - t0
 
@@ -37,8 +39,19 @@ def run_demo(
     store = Store(db)
     try:
         report = ingest_paths(store, [out / "telemetry"], progress=sys.stderr.isatty())
-        counts = {t: store.count(t) for t in ("series", "points", "histograms", "spans", "logs", "events",
-                                               "topology_edges", "ingest_rejects")}
+        counts = {
+            t: store.count(t)
+            for t in (
+                "series",
+                "points",
+                "histograms",
+                "spans",
+                "logs",
+                "events",
+                "topology_edges",
+                "ingest_rejects",
+            )
+        }
     finally:
         store.close()
     t_ingest = time.perf_counter() - t1

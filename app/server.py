@@ -9,7 +9,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import flask
@@ -17,9 +17,11 @@ from waitress import wasyncore
 from waitress.server import create_server
 
 from app.receiver import MAX_BODY_BYTES, otlp_blueprint
+from ingest.batch import TelemetryBatch
 from ingest.genai import DEFAULT_TENANT_ATTRIBUTE
+from ingest.scrape import Scraper, ScrapeTarget
 from ingest.store import Store
-from ingest.writer import BatchWriter
+from ingest.writer import BatchWriter, QueueFull
 
 #: seconds SIGTERM waits for requests in flight (their commit included) before closing connections
 DRAIN_SECONDS = 20.0
@@ -105,11 +107,14 @@ def serve(
     tenant_attribute: str = DEFAULT_TENANT_ATTRIBUTE,
     mount: Callable[[flask.Flask, Store], None] | None = None,
     threads: int = 8,
+    scrape: Sequence[ScrapeTarget] = (),
+    scrape_interval_s: float = 15.0,
 ) -> None:
     """Open ``db``, serve the receiver (and whatever ``mount`` adds) on ``host:port`` until SIGTERM/SIGINT.
 
     Prints one line with the URL once listening (``port=0`` picks a free port and prints it). Must run in the
-    main thread (it installs signal handlers).
+    main thread (it installs signal handlers). ``scrape`` targets are scraped every ``scrape_interval_s``
+    seconds into the same writer as the OTLP receiver.
     """
     store = Store(db)
     try:
@@ -135,6 +140,13 @@ def serve(
         store.close()
         raise
     stop = threading.Event()
+    scraper = (
+        Scraper(list(scrape), sink=_writer_sink(writer, stop), interval_s=scrape_interval_s)
+        if scrape
+        else None
+    )
+    if scraper is not None:
+        scraper.start()
 
     def on_signal(signum: int, frame: Any) -> None:
         stop.set()
@@ -151,6 +163,8 @@ def serve(
         while time.monotonic() < deadline and (inflight.count > 0 or _pending_output(socket_map)):
             wasyncore.loop(timeout=0.05, map=socket_map, count=1)
     finally:
+        if scraper is not None:
+            scraper.stop()
         server.task_dispatcher.shutdown(timeout=5)
         server.close()
         wasyncore.close_all(socket_map)
@@ -158,6 +172,20 @@ def serve(
         store.close()
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def _writer_sink(writer: BatchWriter, stop: threading.Event) -> Callable[[TelemetryBatch], object]:
+    """A scraper sink that waits for queue space (scrapes are not urgent) and for the commit."""
+
+    def sink(batch: TelemetryBatch) -> object:
+        while True:
+            try:
+                return writer.submit(batch).result(timeout=120)
+            except QueueFull:
+                if stop.wait(0.2):
+                    raise
+
+    return sink
 
 
 def _pending_output(socket_map: dict) -> bool:

@@ -13,26 +13,44 @@ from app import data
 
 dash.register_page(__name__, path="/explore", name="Explore", order=10)
 
-RANGES = {"1h": timedelta(hours=1), "6h": timedelta(hours=6), "24h": timedelta(days=1),
-          "3d": timedelta(days=3), "7d": timedelta(days=7), "30d": timedelta(days=30)}
+RANGES = {
+    "1h": timedelta(hours=1),
+    "6h": timedelta(hours=6),
+    "24h": timedelta(days=1),
+    "3d": timedelta(days=3),
+    "7d": timedelta(days=7),
+    "30d": timedelta(days=30),
+}
 AGGS = ["auto", "avg", "sum", "min", "max", "count", "last", "rate"]
 
 
-def layout(metric: str | None = None, service: str | None = None, by: str | None = None,
-           agg: str = "auto", range: str = "24h", **_query: str) -> html.Div:  # noqa: A002 (URL key)
+def layout(
+    metric: str | None = None,
+    service: str | None = None,
+    by: str | None = None,
+    agg: str = "auto",
+    range: str = "24h",
+    **_query: str,
+) -> html.Div:  # noqa: A002 (URL key)
     metrics = data.metric_names()
     return html.Div(
         [
             html.H2("Explore"),
             html.Div(
                 [
-                    dcc.Dropdown(metrics, metric or (metrics[0] if metrics else None), id="x-metric",
-                                 placeholder="metric", clearable=False),
+                    dcc.Dropdown(
+                        metrics,
+                        metric or (metrics[0] if metrics else None),
+                        id="x-metric",
+                        placeholder="metric",
+                        clearable=False,
+                    ),
                     dcc.Dropdown(data.service_names(), service, id="x-service", placeholder="any service"),
                     dcc.Dropdown([], by, id="x-by", placeholder="group by label"),
                     dcc.Dropdown(AGGS, agg if agg in AGGS else "auto", id="x-agg", clearable=False),
-                    dcc.Dropdown(list(RANGES), range if range in RANGES else "24h", id="x-range",
-                                 clearable=False),
+                    dcc.Dropdown(
+                        list(RANGES), range if range in RANGES else "24h", id="x-range", clearable=False
+                    ),
                 ],
                 className="controls",
                 style={"display": "grid", "gridTemplateColumns": "3fr 2fr 2fr 1fr 1fr", "gap": "8px"},
@@ -51,14 +69,18 @@ def _label_options(metric: str | None) -> list[str]:
 @callback(
     Output("x-graph", "figure"),
     Output("x-url", "search"),
-    Input("x-metric", "value"), Input("x-service", "value"), Input("x-by", "value"),
-    Input("x-agg", "value"), Input("x-range", "value"),
+    Input("x-metric", "value"),
+    Input("x-service", "value"),
+    Input("x-by", "value"),
+    Input("x-agg", "value"),
+    Input("x-range", "value"),
     State("x-url", "search"),
 )
 def _plot(metric, service, by, agg, rng, _search):
     fig = go.Figure()
-    fig.update_layout(margin={"l": 40, "r": 10, "t": 30, "b": 30}, xaxis_title="time (UTC)",
-                      legend={"orientation": "h"})
+    fig.update_layout(
+        margin={"l": 40, "r": 10, "t": 30, "b": 30}, xaxis_title="time (UTC)", legend={"orientation": "h"}
+    )
     if not metric:
         return fig, ""
     bounds = data.data_range()
@@ -74,5 +96,9 @@ def _plot(metric, service, by, agg, rng, _search):
     else:
         fig.add_scatter(x=frame["ts"], y=frame["value"], mode="lines", name=metric)
     fig.update_layout(title=f"{agg or 'auto'}({metric})" + (f" by {by}" if by else ""))
-    query = {k: v for k, v in {"metric": metric, "service": service, "by": by, "agg": agg, "range": rng}.items() if v}
+    query = {
+        k: v
+        for k, v in {"metric": metric, "service": service, "by": by, "agg": agg, "range": rng}.items()
+        if v
+    }
     return fig, "?" + urlencode(query)

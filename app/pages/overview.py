@@ -27,7 +27,9 @@ def layout(**_query: str) -> html.Div:
     return html.Div(
         [
             html.H2("Services"),
-            html.P(f"{services.height} services; {data.reject_count():,} rejected records in ingest_rejects."),
+            html.P(
+                f"{services.height} services; {data.reject_count():,} rejected records in ingest_rejects."
+            ),
             _table(services, "services-table"),
             html.H2("Latest changes"),
             _table(events.with_columns(events["ts"].dt.strftime("%Y-%m-%d %H:%M UTC")), "events-table"),
