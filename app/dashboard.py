@@ -22,6 +22,7 @@ def create_dash(server: flask.Flask, store: Store) -> dash.Dash:
         server=server,
         use_pages=True,
         pages_folder=str(PAGES),
+        assets_folder=str(PAGES.with_name("assets")),
         title="Rootwise",
         suppress_callback_exceptions=True,
         update_title=None,

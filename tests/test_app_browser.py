@@ -1,0 +1,94 @@
+"""The app in a real headless Chromium (Debian's, driven by Playwright): pages load with no errors.
+
+Skipped only when /usr/bin/chromium is absent; `.ci/run` installs it, so CI always runs this.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from ingest.batch import MetricBuilder
+from ingest.store import Store
+
+CHROMIUM = "/usr/bin/chromium"
+T0 = 1_767_225_600 * 10**9
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    db = tmp_path / "app.duckdb"
+    with Store(db) as store:
+        b = MetricBuilder("test")
+        for svc, tenants in (("rag-api", ("t-1", "t-2", "t-3")), ("llm-serving", ("t-1",))):
+            for tenant in tenants:
+                sid = b.series("latency_ms", svc, "gauge", "ms", {"tenant": tenant})
+                for i in range(600):
+                    b.point(sid, T0 + i * 60 * 10**9, 50.0 + (i % 60), "x")
+        store.append(b.build())
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--db", str(db), "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(url + "/healthz", timeout=2).read()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(proc.stdout.read() if proc.stdout else "server did not start") from None
+            time.sleep(0.2)
+    yield url
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+
+
+@pytest.fixture
+def page():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+        )
+        pg = browser.new_page(viewport={"width": 1366, "height": 768})
+        errors: list[str] = []
+        pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        pg.on("pageerror", lambda e: errors.append(str(e)))
+        pg.errors = errors  # type: ignore[attr-defined]
+        yield pg
+        browser.close()
+
+
+def test_overview_and_explore_render_in_chromium(server, page, tmp_path):
+    page.goto(server + "/")
+    page.wait_for_selector("#services-table")
+    assert "rag-api" in page.inner_text("#services-table")
+    assert "llm-serving" in page.inner_text("#services-table")
+
+    page.goto(server + "/explore?metric=latency_ms&service=rag-api&by=tenant&range=24h")
+    page.wait_for_selector("#x-graph .scatterlayer .trace", timeout=20_000)
+    assert page.locator("#x-graph .scatterlayer .trace").count() == 3  # one line per tenant
+    page.screenshot(path=str(tmp_path / "explore.png"))
+    if os.environ.get("ROOTWISE_SCREENSHOTS"):
+        page.screenshot(path=os.environ["ROOTWISE_SCREENSHOTS"] + "/explore.png")
+    assert page.errors == []
