@@ -53,6 +53,22 @@ def series_id(metric: str, service: str, labels: Mapping[str, str]) -> int:
     return series_id_of_key(series_key(metric, service, labels))
 
 
+def log_id(
+    ts_ns: int, service: str, severity: str, body: str, trace_id: str, span_id: str, attrs: Mapping[str, str]
+) -> str:
+    """Stable content hash of a log record, the same whichever format (OTLP, JSONL) brought it.
+
+    Examples
+    --------
+    >>> log_id(1, "api", "INFO", "hi", "", "", {"b": "2", "a": "1"}) == log_id(
+    ...     1, "api", "INFO", "hi", "", "", {"a": "1", "b": "2"})
+    True
+    """
+    parts = [str(ts_ns), service, severity, body, trace_id, span_id]
+    parts.extend(f"{k}={attrs[k]}" for k in sorted(attrs))
+    return hashlib.blake2b("\x1f".join(parts).encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
 def ts_bounds_ns(now_ns: int | None = None) -> tuple[int, int]:
     """Accepted timestamp range in epoch nanoseconds."""
     now_ns = time.time_ns() if now_ns is None else now_ns

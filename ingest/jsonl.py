@@ -38,7 +38,7 @@ import orjson
 import polars as pl
 
 from ingest import schema
-from ingest.batch import Reject, TelemetryBatch, ts_bounds_ns
+from ingest.batch import Reject, TelemetryBatch, log_id, ts_bounds_ns
 from ingest.longformat import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, long_frame_to_batch, string_ts_to_us
 
 #: longest accepted line for events, logs, topology and long rows; OTLP export lines get their own limit
@@ -49,23 +49,7 @@ MAX_RAW_BYTES = 64 << 10
 KINDS = ("jsonl-events", "jsonl-logs", "jsonl-topology", "jsonl-long")
 OTLP_KEYS = ("resourceMetrics", "resourceSpans", "resourceLogs")
 
-#: OpenTelemetry log severity numbers of common severity texts (logs data model, SeverityNumber)
-SEVERITY_NUMBERS = {
-    "trace": 1,
-    "debug": 5,
-    "info": 9,
-    "information": 9,
-    "notice": 10,
-    "warn": 13,
-    "warning": 13,
-    "error": 17,
-    "err": 17,
-    "critical": 21,
-    "crit": 21,
-    "fatal": 21,
-    "alert": 22,
-    "emergency": 23,
-}
+SEVERITY_NUMBERS = schema.SEVERITY_NUMBERS
 
 
 class Line:
@@ -283,25 +267,6 @@ def _with_ts(frame: pl.DataFrame, c: _Collector, *, now_ns: int | None) -> pl.Da
     )
 
 
-def log_id(
-    ts_ns: int,
-    service: str,
-    severity: str,
-    body: str,
-    trace_id: str,
-    span_id: str,
-    attrs: list[dict[str, str]],
-) -> str:
-    """Content hash of a log record, computed as :func:`ingest.otlp.log_id` does.
-
-    Kept compatible so one record sent both as OTLP and as JSONL is stored once (a copy until the function
-    moves to :mod:`ingest.batch`, which both modules may import).
-    """
-    parts = [str(ts_ns), service, severity, body, trace_id, span_id]
-    parts.extend(f"{a['key']}={a['value']}" for a in attrs)  # attrs are sorted by key
-    return hashlib.blake2b("\x1f".join(parts).encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
-
-
 def _stable_hash(*parts: Any) -> str:
     return hashlib.blake2b(orjson.dumps(parts), digest_size=16).hexdigest()
 
@@ -434,7 +399,8 @@ def decode_logs(
     )
     frame = _with_ts(frame, c, now_ns=now_ns)
     ids = [
-        log_id(_us(ts) * 1000, service, severity or "", body or "", trace_id or "", span_id or "", attrs)
+        log_id(_us(ts) * 1000, service, severity or "", body or "", trace_id or "", span_id or "",
+               {a["key"]: a["value"] for a in attrs})
         for ts, service, severity, body, trace_id, span_id, attrs in frame.select(
             "ts", "service", "severity", "body", "trace_id", "span_id", "attributes"
         ).iter_rows()

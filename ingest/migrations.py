@@ -110,4 +110,15 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
 )
 
+MIGRATIONS += (
+    Migration(
+        4,
+        "idempotent dead letter: a re-ingested bad record is stored once",
+        """
+        ALTER TABLE ingest_rejects ADD COLUMN reject_key VARCHAR;
+        UPDATE ingest_rejects SET reject_key = md5(concat_ws('|', source, location, reason, hex(raw)));
+        """,
+    ),
+)
+
 LATEST = MIGRATIONS[-1].version

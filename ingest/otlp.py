@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import base64
 import gc
-import hashlib
 import math
 import threading
 from collections.abc import Callable, Iterator
@@ -55,7 +54,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from ingest import schema
-from ingest.batch import MetricBuilder, Reject, TelemetryBatch, labels_list, ts_bounds_ns
+from ingest.batch import MetricBuilder, Reject, TelemetryBatch, labels_list, log_id, ts_bounds_ns
 from ingest.genai import DEFAULT_TENANT_ATTRIBUTE, canonical_labels, span_columns
 
 SIGNALS = ("metrics", "traces", "logs")
@@ -81,22 +80,7 @@ _SPAN_KINDS = ("unspecified", "internal", "server", "client", "producer", "consu
 _STATUS = ("unset", "ok", "error")
 # logs.proto SeverityNumber short names (the data model's "SeverityNumber" table)
 _SEVERITY_NAMES = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL")
-_SEVERITY_FROM_TEXT = {
-    "trace": 1,
-    "debug": 5,
-    "info": 9,
-    "information": 9,
-    "notice": 10,
-    "warn": 13,
-    "warning": 13,
-    "error": 17,
-    "err": 17,
-    "critical": 21,
-    "fatal": 21,
-    "crit": 21,
-    "alert": 22,
-    "emergency": 23,
-}
+_SEVERITY_FROM_TEXT = schema.SEVERITY_NUMBERS
 _RESOURCE_DROP_PREFIXES = ("telemetry.sdk.", "process.")
 _EPOCH = datetime(1970, 1, 1)
 _TRUNCATED = "…[truncated]"
@@ -796,16 +780,6 @@ def _severity_text(number: int) -> str | None:
         return None
     base, step = divmod(number - 1, 4)
     return _SEVERITY_NAMES[base] + (str(step + 1) if step else "")
-
-
-def log_id(
-    ts_ns: int, service: str, severity: str, body: str, trace_id: str, span_id: str, attrs: dict
-) -> str:
-    """Stable content hash of a log record: re-sending the same record stores nothing new."""
-    parts = [str(ts_ns), service, severity, body, trace_id, span_id]
-    parts.extend(f"{k}={attrs[k]}" for k in sorted(attrs))
-    digest = hashlib.blake2b("\x1f".join(parts).encode("utf-8", "surrogatepass"), digest_size=16)
-    return digest.hexdigest()
 
 
 def _decode_logs(obj: dict, source: str, tenant_attribute: str, now_ns: int | None) -> TelemetryBatch:

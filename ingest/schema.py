@@ -76,6 +76,24 @@ LOGS = {
     "template_id": pl.Utf8,  # filled by log template mining (rca), NULL at ingest
 }
 
+#: OpenTelemetry log severity numbers of common severity texts (logs data model, SeverityNumber)
+SEVERITY_NUMBERS = {
+    "trace": 1,
+    "debug": 5,
+    "info": 9,
+    "information": 9,
+    "notice": 10,
+    "warn": 13,
+    "warning": 13,
+    "error": 17,
+    "err": 17,
+    "critical": 21,
+    "crit": 21,
+    "fatal": 21,
+    "alert": 22,
+    "emergency": 23,
+}
+
 EVENTS = {
     "event_id": pl.Utf8,
     "ts": TS,

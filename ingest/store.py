@@ -262,9 +262,19 @@ class Store:
                     result.inserted[part] = int(rows[0][0]) if rows else 0
             if batch.rejects:
                 cur.register("b", _arrow(batch.rejects_frame(), schema.REJECTS))
+                # keyed by content so re-running an ingest (after a crash, or by mistake) does not double them
                 cur.execute(
-                    "INSERT INTO ingest_rejects (received, source, location, reason, raw) "
-                    "SELECT received, source, location, reason, raw FROM b"
+                    """
+                    INSERT INTO ingest_rejects (received, source, location, reason, raw, reject_key)
+                    SELECT received, source, location, reason, raw, k FROM (
+                        SELECT *, md5(concat_ws('|', source, location, reason, hex(raw))) AS k,
+                               row_number() OVER () AS i
+                        FROM b
+                    )
+                    WHERE k NOT IN (SELECT reject_key FROM ingest_rejects WHERE reject_key IS NOT NULL)
+                    QUALIFY row_number() OVER (PARTITION BY k ORDER BY i) = 1
+                    ORDER BY i
+                    """
                 ).fetchall()
                 cur.unregister("b")
         return result

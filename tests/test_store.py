@@ -111,6 +111,17 @@ def test_rejects_are_dead_lettered_with_reason_and_raw(store):
     assert "out of accepted range" in rows[1][2]
 
 
+def test_rejects_of_a_re_ingested_batch_are_stored_once(store):
+    b = MetricBuilder(source="file.csv")
+    sid = b.series("m", "svc", "gauge", "", {})
+    b.point(sid, T0, float("nan"), "line 3", raw=b"m,svc,nan")
+    b.point(sid, T0, float("nan"), "line 4", raw=b"m,svc,nan")  # same bytes, another line: a distinct record
+    batch = b.build()
+    store.append(batch)
+    store.append(batch)
+    assert store.count("ingest_rejects") == 2
+
+
 def test_threads_share_the_store_with_their_own_cursors(store):
     errors: list[BaseException] = []
 
