@@ -145,6 +145,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         scrape=targets,
         # one schedule for every target: the shortest interval any target asks for
         scrape_interval_s=min((s.interval_s for s in config.scrape), default=15.0),
+        max_body_bytes=config.max_body_bytes,
     )
     return 0
 

@@ -75,6 +75,7 @@ def create_server_app(
     token: str | None = None,
     tenant_attribute: str = DEFAULT_TENANT_ATTRIBUTE,
     mount: Callable[[flask.Flask, Store], None] | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
 ) -> tuple[flask.Flask, BatchWriter]:
     """A Flask app with the OTLP receiver, and its started :class:`BatchWriter`.
 
@@ -92,7 +93,9 @@ def create_server_app(
     """
     app = flask.Flask("rootwise")
     writer = BatchWriter(store)
-    app.register_blueprint(otlp_blueprint(writer, token=token, tenant_attribute=tenant_attribute))
+    app.register_blueprint(
+        otlp_blueprint(writer, token=token, tenant_attribute=tenant_attribute, max_body_bytes=max_body_bytes)
+    )
     if mount is not None:
         mount(app, store)
     return app, writer
@@ -109,6 +112,7 @@ def serve(
     threads: int = 8,
     scrape: Sequence[ScrapeTarget] = (),
     scrape_interval_s: float = 15.0,
+    max_body_bytes: int = MAX_BODY_BYTES,
 ) -> None:
     """Open ``db``, serve the receiver (and whatever ``mount`` adds) on ``host:port`` until SIGTERM/SIGINT.
 
@@ -118,7 +122,9 @@ def serve(
     """
     store = Store(db)
     try:
-        app, writer = create_server_app(store, token=token, tenant_attribute=tenant_attribute, mount=mount)
+        app, writer = create_server_app(
+            store, token=token, tenant_attribute=tenant_attribute, mount=mount, max_body_bytes=max_body_bytes
+        )
     except BaseException:
         store.close()
         raise
@@ -132,7 +138,7 @@ def serve(
             host=host,
             port=port,
             threads=threads,
-            max_request_body_size=MAX_BODY_BYTES + 1024,
+            max_request_body_size=max_body_bytes + 1024,
             ident="rootwise",
         )
     except BaseException:  # e.g. the port is taken

@@ -1,0 +1,83 @@
+"""`rootwise serve --config`: token, scrape targets and the receiver wired together in one process."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from ingest.store import Store
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, body: bytes, token: str | None) -> int:
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=body, headers=headers), timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_serve_with_config_scrapes_and_requires_the_token(tmp_path):
+    prometheus_client = pytest.importorskip("prometheus_client")
+    registry = prometheus_client.CollectorRegistry()
+    gauge = prometheus_client.Gauge("DCGM_FI_DEV_GPU_UTIL", "GPU utilisation", ["gpu"], registry=registry)
+    gauge.labels(gpu="0").set(87)
+    exporter_port = _free_port()
+    exporter, exporter_thread = prometheus_client.start_http_server(exporter_port, addr="127.0.0.1",
+                                                                    registry=registry)
+    cfg = tmp_path / "rootwise.toml"
+    cfg.write_text(
+        '[server]\ntoken = "${RW_TEST_INGEST_TOKEN}"\n'
+        f'[[scrape]]\nurl = "http://127.0.0.1:{exporter_port}/metrics"\nservice = "gpu-node-1"\ninterval_s = 0.5\n'
+    )
+    db = tmp_path / "serve.duckdb"
+    port = _free_port()
+    token = "tok-" + "x" * 20
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--db", str(db), "--port", str(port), "--config", str(cfg)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**__import__("os").environ, "RW_TEST_INGEST_TOKEN": token},
+    )
+    try:
+        line = proc.stdout.readline()
+        assert f"127.0.0.1:{port}" in line, line
+        payload = json.dumps({"resourceMetrics": [{
+            "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "rag-api"}}]},
+            "scopeMetrics": [{"metrics": [{"name": "queue_depth", "gauge": {"dataPoints": [
+                {"timeUnixNano": str(time.time_ns()), "asDouble": 3}]}}]}],
+        }]}).encode()
+        url = f"http://127.0.0.1:{port}/v1/metrics"
+        assert _post(url, payload, None) == 401
+        assert _post(url, payload, "wrong") == 401
+        assert _post(url, payload, token) == 200
+        time.sleep(2.0)  # four scrape intervals
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        exporter.shutdown()
+    assert proc.returncode == 0, out
+    assert token not in out  # the secret never reaches the log
+    with Store(db) as store:
+        rows = store.cursor().execute(
+            "SELECT s.service, s.metric, p.value FROM points p JOIN series s USING (series_id) "
+            "WHERE s.metric IN ('DCGM_FI_DEV_GPU_UTIL', 'queue_depth', 'up') ORDER BY p.ts"
+        ).fetchall()
+    assert ("rag-api", "queue_depth", 3.0) in rows
+    assert ("gpu-node-1", "DCGM_FI_DEV_GPU_UTIL", 87.0) in rows
+    assert ("gpu-node-1", "up", 1.0) in rows
