@@ -13,7 +13,8 @@ What becomes what
 -----------------
 - Service: resource attribute ``service.name`` (``unknown_service`` when absent).
 - Metric labels: point attributes over resource attributes (the point wins), without ``service.name``,
-  ``telemetry.sdk.*`` and ``process.*``, then :func:`ingest.genai.canonical_labels`. ``service.instance.id``
+  ``telemetry.sdk.*`` and ``process.*``, then :func:`ingest.genai.canonical_labels`. ``cloud.region`` becomes
+  ``region`` and ``cloud.availability_zone`` ``zone`` (the names every other input uses). ``service.instance.id``
   becomes ``instance`` (unless the resource sets ``instance``), as in Prometheus' OTLP translation. Scope
   attributes are not used. AnyValues become strings: ints in decimal, doubles as Python ``repr``, bools
   ``true``/``false``, arrays and kvlists as compact JSON (sorted keys), bytes as base64.
@@ -82,6 +83,8 @@ _STATUS = ("unset", "ok", "error")
 _SEVERITY_NAMES = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL")
 _SEVERITY_FROM_TEXT = schema.SEVERITY_NUMBERS
 _RESOURCE_DROP_PREFIXES = ("telemetry.sdk.", "process.")
+#: resource attributes renamed to Rootwise's dimension names (semantic-conventions cloud.* -> short label)
+_RESOURCE_DIMENSIONS = {"cloud.region": "region", "cloud.availability_zone": "zone"}
 _EPOCH = datetime(1970, 1, 1)
 _TRUNCATED = "…[truncated]"
 
@@ -330,6 +333,10 @@ def _resource(rx: Any, field: str) -> tuple[str, dict[str, str], dict[str, str]]
         for k, v in attrs.items()
         if k not in ("service.name", "service.instance.id") and not k.startswith(_RESOURCE_DROP_PREFIXES)
     }
+    for otel_key, dimension in _RESOURCE_DIMENSIONS.items():
+        if otel_key in labels:
+            # one name per dimension whatever the source (Parquet, Prometheus and OTLP all say "region")
+            labels.setdefault(dimension, labels.pop(otel_key))
     instance = attrs.get("service.instance.id")
     if instance:
         # as Prometheus' OTLP translation does: the SDKs set a per-process id, and cumulative series of two

@@ -797,3 +797,16 @@ def test_deeply_nested_any_value():
         decode_otlp_json(body, "logs", "t")
     (body,) = decode(nested(50), "logs").logs["body"].to_list()
     assert body == "[" * 50 + '"leaf"' + "]" * 50
+
+
+def test_cloud_region_becomes_the_region_dimension():
+    body = json.dumps({"resourceMetrics": [{
+        "resource": {"attributes": [
+            {"key": "service.name", "value": {"stringValue": "rag-api"}},
+            {"key": "cloud.region", "value": {"stringValue": "us-east"}},
+        ]},
+        "scopeMetrics": [{"metrics": [{"name": "queue_depth", "gauge": {"dataPoints": [
+            {"timeUnixNano": "1767225600000000000", "asDouble": 1}]}}]}],
+    }]}).encode()
+    batch = decode_otlp_json(body, "metrics", "test")
+    assert batch.series["labels"].to_list() == [[{"key": "region", "value": "us-east"}]]
