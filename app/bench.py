@@ -86,6 +86,49 @@ def write_parquet(path: Path, points: int) -> int:
     return rows
 
 
+def prometheus_page(n_lines: int) -> bytes:
+    """A vLLM/DCGM-like page: gauges, counters and histograms with realistic label sets."""
+    out: list[str] = []
+    family = 0
+    les = ["0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1.0", "2.5", "5.0", "10.0", "+Inf"]
+    while len(out) < n_lines:
+        family += 1
+        if family % 3 == 0:
+            out.append(f"# TYPE lat_{family}_seconds histogram")
+            for i in range(5):
+                for k, le in enumerate(les):
+                    out.append(f'lat_{family}_seconds_bucket{{model_name="m{i}",le="{le}"}} {k * 3}')
+                out.append(f'lat_{family}_seconds_sum{{model_name="m{i}"}} {k * 0.7}')
+                out.append(f'lat_{family}_seconds_count{{model_name="m{i}"}} {k * 3}')
+        elif family % 3 == 1:
+            out.append(f"# TYPE requests_{family}_total counter")
+            for i in range(50):
+                out.append(
+                    f'requests_{family}_total{{method="GET",code="200",path="/v1/x{i}"}} {i * 1000 + family}'
+                )
+        else:
+            out.append(f"# TYPE DCGM_FI_DEV_{family} gauge")
+            for i in range(50):
+                out.append(
+                    f'DCGM_FI_DEV_{family}{{gpu="{i}",UUID="GPU-{i:08x}",Hostname="node-1"}} {i + 0.5}'
+                )
+    return ("\n".join(out[:n_lines]) + "\n").encode()
+
+
+def bench_prometheus(lines: int = 100_000) -> dict[str, Any]:
+    """Parse a synthetic exposition page (best of 3) and report lines/s and samples/s."""
+    from ingest.prometheus import parse_prometheus_text
+
+    page = prometheus_page(lines)
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        batch = parse_prometheus_text(page, "bench", service="bench", default_ts_ns=T0_S * 10**9)
+        best = min(best, time.perf_counter() - t)
+    samples = batch.points.height + batch.histograms.height
+    return {"lines": lines, "seconds": best, "lines_per_s": lines / best, "points_per_s": samples / best}
+
+
 def bench_ceiling(path: Path, db: Path) -> dict[str, Any]:
     """Plain Arrow → DuckDB INSERT of the same points (ids precomputed outside the timing)."""
     import duckdb
@@ -312,6 +355,8 @@ def bench_ingest(*, points: int, big_points: int, out: Path) -> dict[str, Any]:
         results["parquet"]["ratio_to_ceiling"] = (
             results["parquet"]["points_per_s"] / results["ceiling"]["points_per_s"]
         )
+        console.print("(d) Prometheus text exposition parse, 100k lines")
+        results["prometheus"] = bench_prometheus()
         otlp_points = min(points, 2_000_000)
         for enc in ("json", "protobuf"):
             console.print(
@@ -343,6 +388,7 @@ def bench_ingest(*, points: int, big_points: int, out: Path) -> dict[str, Any]:
         f"({results['parquet']['ratio_to_ceiling']:.2f} of ceiling)",
         f"(b) OTLP/HTTP JSON ×4:      {results['otlp_json']['points_per_s']:>14,.0f} points/s",
         f"(c) OTLP/HTTP protobuf ×4:  {results['otlp_protobuf']['points_per_s']:>14,.0f} points/s",
+        f"(d) Prometheus text parse:  {results['prometheus']['lines_per_s']:>14,.0f} lines/s",
     ]
     if "big_parquet" in results:
         b = results["big_parquet"]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import bisect
-import math
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,6 +12,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
+from app.bench import prometheus_page
 from ingest.prometheus import MAX_LABEL_VALUE_LEN, looks_like_prometheus, parse_prometheus_text
 
 FIXTURES = Path(__file__).parent / "fixtures" / "prometheus"
@@ -543,45 +542,9 @@ def test_sniffing():
 # -- speed ------------------------------------------------------------------------------------------------
 
 
-def synthetic_exposition(n_lines: int) -> bytes:
-    """A vLLM/DCGM-like page: gauges, counters and histograms with realistic label sets."""
-    out: list[str] = []
-    family = 0
-    les = ["0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1.0", "2.5", "5.0", "10.0", "+Inf"]
-    while len(out) < n_lines:
-        family += 1
-        if family % 3 == 0:
-            out.append(f"# TYPE lat_{family}_seconds histogram")
-            for i in range(5):
-                for k, le in enumerate(les):
-                    out.append(f'lat_{family}_seconds_bucket{{model_name="m{i}",le="{le}"}} {k * 3}')
-                out.append(f'lat_{family}_seconds_sum{{model_name="m{i}"}} {k * 0.7}')
-                out.append(f'lat_{family}_seconds_count{{model_name="m{i}"}} {k * 3}')
-        elif family % 3 == 1:
-            out.append(f"# TYPE requests_{family}_total counter")
-            for i in range(50):
-                out.append(
-                    f'requests_{family}_total{{method="GET",code="200",path="/v1/x{i}"}} {i * 1000 + family}'
-                )
-        else:
-            out.append(f"# TYPE DCGM_FI_DEV_{family} gauge")
-            for i in range(50):
-                out.append(
-                    f'DCGM_FI_DEV_{family}{{gpu="{i}",UUID="GPU-{i:08x}",Hostname="node-1"}} {i + 0.5}'
-                )
-    return ("\n".join(out[:n_lines]) + "\n").encode()
-
-
 @pytest.mark.slow
-def test_parses_a_100k_line_exposition_quickly():
-    data = synthetic_exposition(100_000)
-    n = data.count(b"\n")
-    best = math.inf
-    for _ in range(2):
-        t0 = time.perf_counter()
-        batch = parse_prometheus_text(data, "bench", service="s", default_ts_ns=TS_NS)
-        best = min(best, time.perf_counter() - t0)
+def test_parses_a_100k_line_exposition():
+    # its speed is measured by `rootwise bench ingest`, never asserted here
+    batch = parse_prometheus_text(prometheus_page(100_000), "bench", service="s", default_ts_ns=TS_NS)
     assert batch.points.height + batch.histograms.height > 60_000
     assert batch.rejected <= 1  # at most the histogram cut in half by the 100k-line cap
-    # measured ~65k lines/s on the 2-core CI machine (see the module report); the floor leaves room for noise
-    assert n / best > 20_000, f"{n / best:,.0f} lines/s"
