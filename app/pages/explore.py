@@ -33,6 +33,9 @@ def layout(
     **_query: str,
 ) -> html.Div:  # noqa: A002 (URL key)
     metrics = data.metric_names()
+    metric = metric if metric in metrics else (metrics[0] if metrics else None)
+    # the label options are rendered with the page: a dropdown whose value is not among its options drops it
+    labels = data.label_names(metric) if metric else []
     return html.Div(
         [
             html.H2("Explore"),
@@ -46,7 +49,7 @@ def layout(
                         clearable=False,
                     ),
                     dcc.Dropdown(data.service_names(), service, id="x-service", placeholder="any service"),
-                    dcc.Dropdown([], by, id="x-by", placeholder="group by label"),
+                    dcc.Dropdown(labels, by if by in labels else None, id="x-by", placeholder="group by label"),
                     dcc.Dropdown(AGGS, agg if agg in AGGS else "auto", id="x-agg", clearable=False),
                     dcc.Dropdown(
                         list(RANGES), range if range in RANGES else "24h", id="x-range", clearable=False
