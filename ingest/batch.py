@@ -151,7 +151,7 @@ class TelemetryBatch:
         return out
 
 
-def _series_frame(rows: list[tuple]) -> pl.DataFrame:
+def series_frame(rows: list[tuple]) -> pl.DataFrame:
     """Series rows ``(id, metric, service, kind, unit, sorted label items)`` as a SERIES frame.
 
     The labels column is assembled as one Arrow list array: building it row by row through polars costs
@@ -163,8 +163,10 @@ def _series_frame(rows: list[tuple]) -> pl.DataFrame:
     labels = pa.ListArray.from_arrays(
         pa.array(offsets),
         pa.StructArray.from_arrays(
-            [pa.array([k for i in items for k, _ in i], pa.string()),
-             pa.array([v for i in items for _, v in i], pa.string())],
+            [
+                pa.array([k for i in items for k, _ in i], pa.string()),
+                pa.array([v for i in items for _, v in i], pa.string()),
+            ],
             names=["key", "value"],
         ),
     )
@@ -207,14 +209,18 @@ class MetricBuilder:
         self._h_rows: list[tuple] = []
         self.rejects: list[Reject] = []
 
-    def series(self, metric: str, service: str, kind: str, unit: str | None, labels: Mapping[str, str]) -> int:
+    def series(
+        self, metric: str, service: str, kind: str, unit: str | None, labels: Mapping[str, str]
+    ) -> int:
         """Intern a series and return its id."""
         items = tuple(sorted(labels.items()))
         cache_key = (metric, service, items)
         sid = self._series.get(cache_key)
         if sid is None:
             # the same string as series_key(), built from the already sorted items
-            key = f"{metric}{_SEP_FIELD}{service}{_SEP_FIELD}" + _SEP_LABEL.join([f"{k}={v}" for k, v in items])
+            key = f"{metric}{_SEP_FIELD}{service}{_SEP_FIELD}" + _SEP_LABEL.join(
+                [f"{k}={v}" for k, v in items]
+            )
             sid = series_id_of_key(key)
             self._series[cache_key] = sid
             self._series_rows[sid] = (metric, service, kind, unit or "", items)
@@ -232,7 +238,9 @@ class MetricBuilder:
         self.reject(location, f"timestamp out of accepted range: {ts_ns} ns since epoch", raw or str(ts_ns))
         return False
 
-    def point(self, sid: int, ts_ns: int, value: float, location: str, raw: bytes | str | None = None) -> bool:
+    def point(
+        self, sid: int, ts_ns: int, value: float, location: str, raw: bytes | str | None = None
+    ) -> bool:
         """Add one point; invalid ones are dead-lettered and ``False`` returned."""
         if not math.isfinite(value):
             self.reject(location, f"value is not a finite number: {value}", raw or repr(value))
@@ -260,8 +268,11 @@ class MetricBuilder:
     ) -> bool:
         """Add one histogram point (explicit bounds; ``len(counts) == len(bounds) + 1``)."""
         if len(counts) != len(bounds) + 1:
-            self.reject(location, f"histogram has {len(counts)} bucket counts for {len(bounds)} bounds "
-                        "(expected bounds + 1)", raw or "")
+            self.reject(
+                location,
+                f"histogram has {len(counts)} bucket counts for {len(bounds)} bounds (expected bounds + 1)",
+                raw or "",
+            )
             return False
         if any(b2 <= b1 for b1, b2 in zip(bounds, bounds[1:], strict=False)):
             self.reject(location, "histogram bounds are not strictly increasing", raw or "")
@@ -279,7 +290,7 @@ class MetricBuilder:
         """The collected points as a batch (series restricted to those with accepted points)."""
         used = set(self._p_sid) | {r[0] for r in self._h_rows}
         rows = [(sid, *self._series_rows[sid]) for sid in used]
-        series = _series_frame(rows) if rows else schema.empty(schema.SERIES)
+        series = series_frame(rows) if rows else schema.empty(schema.SERIES)
         points = pl.DataFrame(
             {"series_id": self._p_sid, "ts": self._p_ts, "value": self._p_val},
             schema={"series_id": pl.Int64, "ts": pl.Int64, "value": pl.Float64},

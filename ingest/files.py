@@ -242,12 +242,13 @@ def _detect_json(path: Path, head: bytes) -> str:
 def _long_batches(path: Path, fmt: str, size: int) -> Iterator[tuple[TelemetryBatch, int]]:
     source = str(path)
     rows = 0
+    series_cache: dict[tuple, tuple] = {}  # each series hashed once per file, not once per batch
     if fmt == "parquet":
         with open(path, "rb") as f:
             gz = f.read(2) == GZIP_MAGIC
         total = 0 if gz else pq.ParquetFile(path).metadata.num_rows
         for df in iter_long_file(path, batch_rows=BATCH_ROWS):
-            batch = long_frame_to_batch(df, source, first_row=rows)
+            batch = long_frame_to_batch(df, source, first_row=rows, series_cache=series_cache)
             rows += df.height
             yield batch, (size * rows // total) if total else 0
         return
@@ -255,7 +256,7 @@ def _long_batches(path: Path, fmt: str, size: int) -> Iterator[tuple[TelemetryBa
     with open(path, "rb") as raw:
         stream = _open_text_stream(path, raw)
         for df in iter_long_csv(stream, source=source, batch_rows=BATCH_ROWS, rejects=malformed):
-            batch = long_frame_to_batch(df, source, first_row=rows)
+            batch = long_frame_to_batch(df, source, first_row=rows, series_cache=series_cache)
             batch.rejects[:0] = malformed
             malformed.clear()
             rows += df.height

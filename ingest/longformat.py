@@ -44,7 +44,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from ingest import schema
-from ingest.batch import Reject, TelemetryBatch, labels_list, series_id_of_key, series_key, ts_bounds_ns
+from ingest.batch import Reject, TelemetryBatch, series_frame, series_id_of_key, series_key, ts_bounds_ns
 
 REQUIRED_COLUMNS = ("ts", "metric", "value", "service")
 OPTIONAL_COLUMNS = ("kind", "unit")
@@ -239,6 +239,7 @@ def long_frame_to_batch(
     now_ns: int | None = None,
     row_numbers: pl.Series | None = None,
     location_word: str = "row",
+    series_cache: dict[tuple, tuple] | None = None,
 ) -> TelemetryBatch:
     """Convert a frame of long rows to a batch; invalid rows become rejects.
 
@@ -257,6 +258,9 @@ def long_frame_to_batch(
     row_numbers, location_word
         Explicit number of each row and the word before it in reject locations (JSON Lines pass their line
         numbers and ``"line"``); default ``first_row + index`` and ``"row"``.
+    series_cache
+        A dict shared by the batches of one file: each series is hashed and validated once per file, not
+        once per batch (the batches of a long file mostly repeat the same series).
 
     Raises
     ------
@@ -314,7 +318,9 @@ def long_frame_to_batch(
 
     # one Python step per unique series (metric, service, labels, kind, unit)
     uniq = cats.with_columns(work.get_column(_KEY)).unique(subset=_KEY, keep="first", maintain_order=True)
-    ids, reasons, series_rows = _series_of_uniques(uniq, labels, default_kind)
+    ids, reasons, series_rows = _series_of_uniques(
+        uniq, labels, default_kind, {} if series_cache is None else series_cache
+    )
     mapping = pl.DataFrame(
         {_KEY: uniq.get_column(_KEY), "series_id": ids, "key_reason": reasons},
         schema={_KEY: pl.UInt64, "series_id": pl.Int64, "key_reason": pl.Utf8},
@@ -349,9 +355,7 @@ def long_frame_to_batch(
     used = set(points.get_column("series_id").unique().to_list()) if points.height else set()
     rows = [r for r in series_rows if r[0] in used]
     series = (
-        pl.DataFrame(rows, schema=schema.SERIES, orient="row").unique(
-            subset="series_id", keep="first", maintain_order=True
-        )
+        series_frame(rows).unique(subset="series_id", keep="first", maintain_order=True)
         if rows
         else schema.empty(schema.SERIES)
     )
@@ -392,42 +396,54 @@ def _combined_key(codes: pl.DataFrame) -> pl.Series:
 
 
 def _series_of_uniques(
-    uniq: pl.DataFrame, labels: list[str], default_kind: str
+    uniq: pl.DataFrame, labels: list[str], default_kind: str, cache: dict[tuple, tuple]
 ) -> tuple[list[int | None], list[str | None], list[tuple]]:
-    """Series id (or the reason the key is invalid) of each unique key row, and the series rows."""
+    """Series id (or the reason the key is invalid) of each unique key row, and the series rows.
+
+    ``cache`` maps a key row to its ``(id, reason, series row)`` across the batches of a file.
+    """
     ids: list[int | None] = []
     reasons: list[str | None] = []
     series_rows: list[tuple] = []
-    n_labels = len(labels)
     has_kind = "kind" in uniq.columns
     has_unit = "unit" in uniq.columns
     cols = ["metric", "service", *labels]
     cols += ["kind"] if has_kind else []
     cols += ["unit"] if has_unit else []
     for row in uniq.select(cols).iter_rows():
-        metric, service = row[0], row[1]
-        label_values = row[2 : 2 + n_labels]
-        rest = row[2 + n_labels :]
-        kind = rest[0] if has_kind else None
-        unit = rest[-1] if has_unit else None
-        kind = kind.strip() if kind and kind.strip() else default_kind
-        reason = None
-        if metric is None or not metric.strip():
-            reason = "metric is missing or empty"
-        elif service is None or not service.strip():
-            reason = "service is missing or empty"
-        elif kind not in LONG_KINDS:
-            reason = f"kind {kind!r} is not one of {', '.join(LONG_KINDS)}"
-        if reason is not None:
-            ids.append(None)
-            reasons.append(reason)
-            continue
-        lab = {k: v for k, v in zip(labels, label_values, strict=True) if v is not None}
-        sid = series_id_of_key(series_key(metric, service, lab))
-        ids.append(sid)
-        reasons.append(None)
-        series_rows.append((sid, metric, service, kind, unit or "", labels_list(lab)))
+        hit = cache.get(row)
+        if hit is None:
+            hit = cache[row] = _series_of_row(row, labels, has_kind, has_unit, default_kind)
+        ids.append(hit[0])
+        reasons.append(hit[1])
+        if hit[2] is not None:
+            series_rows.append(hit[2])
     return ids, reasons, series_rows
+
+
+def _series_of_row(
+    row: tuple, labels: list[str], has_kind: bool, has_unit: bool, default_kind: str
+) -> tuple[int | None, str | None, tuple | None]:
+    """``(series id, None, series row)`` of one key row, or ``(None, reason, None)`` when it is invalid."""
+    n_labels = len(labels)
+    metric, service = row[0], row[1]
+    label_values = row[2 : 2 + n_labels]
+    rest = row[2 + n_labels :]
+    kind = rest[0] if has_kind else None
+    unit = rest[-1] if has_unit else None
+    kind = kind.strip() if kind and kind.strip() else default_kind
+    reason = None
+    if metric is None or not metric.strip():
+        reason = "metric is missing or empty"
+    elif service is None or not service.strip():
+        reason = "service is missing or empty"
+    elif kind not in LONG_KINDS:
+        reason = f"kind {kind!r} is not one of {', '.join(LONG_KINDS)}"
+    if reason is not None:
+        return None, reason, None
+    lab = {k: v for k, v in zip(labels, label_values, strict=True) if v is not None}
+    sid = series_id_of_key(series_key(metric, service, lab))
+    return sid, None, (sid, metric, service, kind, unit or "", tuple(sorted(lab.items())))
 
 
 def _raw_json(bad_rows: pl.DataFrame) -> list[str]:
