@@ -146,6 +146,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # one schedule for every target: the shortest interval any target asks for
         scrape_interval_s=min((s.interval_s for s in config.scrape), default=15.0),
         max_body_bytes=config.max_body_bytes,
+        decode_workers=args.decode_workers,
     )
     return 0
 
@@ -241,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="rootwise.toml")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8050)
+    p.add_argument("--decode-workers", type=int, default=None,
+                   help="processes decoding OTLP bodies (default: one per core; 0: in the request threads)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("retention", help="roll raw points up to 5m/1h and drop raw points past an age")

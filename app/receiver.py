@@ -27,6 +27,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
+from concurrent.futures import Executor
 
 import flask
 import orjson
@@ -223,6 +224,7 @@ def otlp_blueprint(
     max_body_bytes: int = MAX_BODY_BYTES,
     tenant_attribute: str = DEFAULT_TENANT_ATTRIBUTE,
     commit_timeout: float = 60.0,
+    decode_pool: Executor | None = None,
 ) -> flask.Blueprint:
     """The OTLP/HTTP endpoints as a Flask blueprint writing through ``writer``.
 
@@ -238,6 +240,9 @@ def otlp_blueprint(
         Attribute naming the tenant (see :mod:`ingest.genai`).
     commit_timeout
         Seconds to wait for the commit before answering 503 (the batch may still land; a retry is harmless).
+    decode_pool
+        Worker processes to decode in (``None``: in the request thread). Decoding is pure Python and holds
+        the GIL; in other processes it runs beside the HTTP handling and the DuckDB appends of this one.
     """
     bp = flask.Blueprint("otlp", __name__)
     stats = ReceiverStats()
@@ -284,9 +289,13 @@ def otlp_blueprint(
                 body = _inflate(body, max_body_bytes)
             size = len(body)
             try:
-                batch = decoders[encoding](
-                    body, signal, f"otlp/http /v1/{signal}", tenant_attribute=tenant_attribute
-                )
+                args = (body, signal, f"otlp/http /v1/{signal}")
+                if decode_pool is None:
+                    batch = decoders[encoding](*args, tenant_attribute=tenant_attribute)
+                else:
+                    batch = decode_pool.submit(
+                        decoders[encoding], *args, tenant_attribute=tenant_attribute
+                    ).result()
             except OtlpDecodeError as exc:
                 raise _Reply(400, str(exc)) from None
             try:

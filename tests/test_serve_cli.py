@@ -66,6 +66,8 @@ def test_serve_with_config_scrapes_and_requires_the_token(tmp_path):
         assert _post(url, payload, None) == 401
         assert _post(url, payload, "wrong") == 401
         assert _post(url, payload, token) == 200
+        # decoding happens in worker processes: their errors still come back as a clear 400
+        assert _post(url, payload[:-7], token) == 400
         time.sleep(2.0)  # four scrape intervals
     finally:
         proc.send_signal(signal.SIGTERM)
