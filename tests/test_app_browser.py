@@ -7,11 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -27,14 +22,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def server(tmp_path):
+def server(tmp_path, serve_process):
     db = tmp_path / "app.duckdb"
     with Store(db) as store:
         b = MetricBuilder("test")
@@ -44,21 +33,7 @@ def server(tmp_path):
                 for i in range(600):
                     b.point(sid, T0 + i * 60 * 10**9, 50.0 + (i % 60), "x")
         store.append(b.build())
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--db", str(db), "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(url + "/healthz", timeout=2).read()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(proc.stdout.read() if proc.stdout else "server did not start") from None
-            time.sleep(0.2)
+    url, proc = serve_process(db)
     yield url
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0

@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -54,28 +51,10 @@ SDK_DEFAULT_BOUNDS = [
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen, Path]]:
+def server(tmp_path: Path, serve_process) -> tuple[str, subprocess.Popen, Path]:
     db = tmp_path / "e2e.duckdb"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from app.server import serve; serve(sys.argv[1], port=0)",
-            str(db),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("Rootwise listening on http://127.0.0.1:"), line + proc.stderr.read()
-        yield line.split(" on ", 1)[1].strip(), proc, db
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+    url, proc = serve_process(db)
+    return url, proc, db
 
 
 def export_everything(url: str) -> dict[str, str]:

@@ -8,8 +8,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -350,31 +348,13 @@ def test_prometheus_metrics_endpoint(server):
     assert samples[("rootwise_writer_commits_total", ())] == 2
 
 
-def test_acknowledged_write_survives_sigkill(tmp_path):
+def test_acknowledged_write_survives_sigkill(tmp_path, serve_process):
     db = tmp_path / "kill.duckdb"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from app.server import serve; serve(sys.argv[1], port=0)",
-            str(db),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("Rootwise listening on http://127.0.0.1:"), line + proc.stderr.read()
-        port = int(line.rsplit(":", 1)[1])
-        assert post(port, "/v1/metrics", METRICS)[0] == 200
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+    url, proc = serve_process(db)
+    port = int(url.rsplit(":", 1)[1])
+    assert post(port, "/v1/metrics", METRICS)[0] == 200
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
     with Store(db) as store:  # replays the WAL of the killed process
         assert (store.count("points"), store.count("histograms")) == (2, 1)
 

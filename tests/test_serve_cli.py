@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -33,7 +31,7 @@ def _post(url: str, body: bytes, token: str | None) -> int:
         return exc.code
 
 
-def test_serve_with_config_scrapes_and_requires_the_token(tmp_path):
+def test_serve_with_config_scrapes_and_requires_the_token(tmp_path, serve_process):
     prometheus_client = pytest.importorskip("prometheus_client")
     registry = prometheus_client.CollectorRegistry()
     gauge = prometheus_client.Gauge("DCGM_FI_DEV_GPU_UTIL", "GPU utilisation", ["gpu"], registry=registry)
@@ -47,22 +45,15 @@ def test_serve_with_config_scrapes_and_requires_the_token(tmp_path):
         f'[[scrape]]\nurl = "http://127.0.0.1:{exporter_port}/metrics"\nservice = "gpu-node-1"\ninterval_s = 0.5\n'
     )
     db = tmp_path / "serve.duckdb"
-    port = _free_port()
     token = "tok-" + "x" * 20
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--db", str(db), "--port", str(port), "--config", str(cfg)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**__import__("os").environ, "RW_TEST_INGEST_TOKEN": token},
-    )
+    base, proc = serve_process(db, "--config", str(cfg), env={"RW_TEST_INGEST_TOKEN": token})
     try:
-        line = proc.stdout.readline()
-        assert f"127.0.0.1:{port}" in line, line
         payload = json.dumps({"resourceMetrics": [{
             "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "rag-api"}}]},
             "scopeMetrics": [{"metrics": [{"name": "queue_depth", "gauge": {"dataPoints": [
                 {"timeUnixNano": str(time.time_ns()), "asDouble": 3}]}}]}],
         }]}).encode()
-        url = f"http://127.0.0.1:{port}/v1/metrics"
+        url = f"{base}/v1/metrics"
         assert _post(url, payload, None) == 401
         assert _post(url, payload, "wrong") == 401
         assert _post(url, payload, token) == 200
@@ -71,10 +62,10 @@ def test_serve_with_config_scrapes_and_requires_the_token(tmp_path):
         time.sleep(2.0)  # four scrape intervals
     finally:
         proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=60)
         exporter.shutdown()
-    assert proc.returncode == 0, out
-    assert token not in out  # the secret never reaches the log
+    assert proc.returncode == 0, out + err
+    assert token not in out + err  # the secret never reaches the log
     with Store(db) as store:
         rows = store.cursor().execute(
             "SELECT s.service, s.metric, p.value FROM points p JOIN series s USING (series_id) "
