@@ -140,6 +140,9 @@ def serve(
         if decode_workers > 0
         else None
     )
+    if pool is not None:
+        # start every worker (imports included) now rather than on the first requests
+        list(pool.map(_warm_decoder, [0.2] * decode_workers))
     store = Store(db)
     try:
         app, writer = create_server_app(
@@ -209,6 +212,13 @@ def serve(
             pool.shutdown(cancel_futures=True)
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def _warm_decoder(linger_s: float) -> None:
+    """Run in each decode worker at start: import the decoders, then linger so the next task starts another."""
+    import ingest.otlp  # noqa: F401
+
+    time.sleep(linger_s)
 
 
 def _writer_sink(writer: BatchWriter, stop: threading.Event) -> Callable[[TelemetryBatch], object]:
