@@ -988,8 +988,9 @@ def _pb_key_values(kvs: Any) -> list[dict[str, Any]]:
     out = []
     for kv in kvs:
         v = kv.value
-        if v.WhichOneof("value") == "string_value":
-            out.append({"key": kv.key, "value": {"stringValue": v.string_value}})
+        # a non-empty string_value answers the oneof question without asking (WhichOneof is the dearer call)
+        if (text := v.string_value) or v.WhichOneof("value") == "string_value":
+            out.append({"key": kv.key, "value": {"stringValue": text}})
         else:
             out.append(_pb_to_obj(kv))
     return out
