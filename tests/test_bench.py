@@ -15,7 +15,7 @@ def test_bench_ingest_reports_every_path(tmp_path, capsys):
     assert main(["bench", "ingest", "--points", "200000", "--big-points", "0", "--out", str(out),
                  "--format", "json"]) == 0
     results = json.loads(out.read_text())
-    for path in ("ceiling", "parquet", "otlp_json", "otlp_protobuf", "prometheus"):
+    for path in ("ceiling", "ceiling_long", "parquet", "otlp_json", "otlp_protobuf", "prometheus"):
         assert results[path]["seconds"] > 0
     # every point of every path was stored, none lost or doubled
     assert results["ceiling"]["points"] == results["parquet"]["points"] == 200_000
