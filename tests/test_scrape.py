@@ -196,22 +196,23 @@ def test_background_loop_scrapes_on_a_fixed_grid_and_stops_promptly(store, clien
         metrics["tokens"].labels("llama").inc(1)  # the next scrape sees a new value
         store.append(batch)
 
-    scraper = Scraper([ScrapeTarget(url, service="vllm")], sink=sink, interval_s=0.2, timeout_s=1)
+    # 0.5 s rounds: the grid check below tolerates 0.15 s of scheduling jitter on a loaded CI machine
+    scraper = Scraper([ScrapeTarget(url, service="vllm")], sink=sink, interval_s=0.5, timeout_s=1)
     scraper.start()
-    deadline = time.monotonic() + 10
-    while len(calls) < 8 and time.monotonic() < deadline:
+    deadline = time.monotonic() + 15
+    while len(calls) < 6 and time.monotonic() < deadline:
         time.sleep(0.02)
     t0 = time.monotonic()
     scraper.stop()
     assert time.monotonic() - t0 < 1.0
     n = len(calls)
-    assert n >= 8
-    time.sleep(0.5)
+    assert n >= 6
+    time.sleep(0.6)
     assert len(calls) == n  # nothing is handed to the sink after stop()
 
-    # rounds sit on a 0.2 s grid: lateness of one round does not push the later ones (no drift); a sleep of
+    # rounds sit on a 0.5 s grid: lateness of one round does not push the later ones (no drift); a sleep of
     # interval_s after each round would drift by the round's duration every time
-    grid = [(t - calls[0]) / 0.2 for t in calls]
+    grid = [(t - calls[0]) / 0.5 for t in calls]
     assert all(abs(g - round(g)) < 0.3 for g in grid), grid
     assert len({round(g) for g in grid}) == n
     values = [v for _, _, v in stored(store, "vllm:prompt_tokens_total")]
