@@ -195,6 +195,7 @@ def test_background_loop_scrapes_on_a_fixed_grid_and_stops_promptly(store, clien
         calls.append(time.monotonic())
         metrics["tokens"].labels("llama").inc(1)  # the next scrape sees a new value
         store.append(batch)
+        time.sleep(0.12)  # a slow sink: a scheduler that sleeps interval_s after each round drifts 0.24 grid/round
 
     # 0.5 s rounds: the grid check below tolerates 0.15 s of scheduling jitter on a loaded CI machine
     scraper = Scraper([ScrapeTarget(url, service="vllm")], sink=sink, interval_s=0.5, timeout_s=1)
