@@ -129,29 +129,34 @@ def bench_prometheus(lines: int = 100_000) -> dict[str, Any]:
     return {"lines": lines, "seconds": best, "lines_per_s": lines / best, "points_per_s": samples / best}
 
 
-def bench_ceiling(path: Path, db: Path) -> dict[str, Any]:
-    """Plain Arrow → DuckDB INSERT of the same points (ids precomputed outside the timing)."""
+def _timed_inserts(db: Path, tables: list[pa.Table]) -> dict[str, Any]:
+    """Append ``tables`` into a fresh DuckDB table (created like the first) with plain ``INSERT``s, timed."""
     import duckdb
 
+    con = duckdb.connect(str(db))
+    con.register("b", tables[0])
+    con.execute("CREATE TABLE target AS SELECT * FROM b LIMIT 0")
+    con.unregister("b")
+    t = time.perf_counter()
+    for arrow_table in tables:
+        con.register("b", arrow_table)
+        con.execute("INSERT INTO target SELECT * FROM b")
+        con.unregister("b")
+    elapsed = time.perf_counter() - t
+    n = con.execute("SELECT count(*) FROM target").fetchone()[0]
+    con.close()
+    return {"points": n, "seconds": elapsed, "points_per_s": n / elapsed}
+
+
+def bench_ceiling(path: Path, db: Path) -> dict[str, Any]:
+    """Plain Arrow → DuckDB INSERT of the same points (ids precomputed outside the timing)."""
     from ingest.longformat import long_frame_to_batch
 
     tables = []
     for i, batch in enumerate(pq.ParquetFile(path).iter_batches(batch_size=1_000_000)):
         frame = pl.from_arrow(batch)
         tables.append(long_frame_to_batch(frame, str(path), first_row=i).points.to_arrow())
-    con = duckdb.connect(str(db))
-    con.execute(
-        "CREATE TABLE points (series_id BIGINT NOT NULL, ts TIMESTAMP NOT NULL, value DOUBLE NOT NULL)"
-    )
-    t = time.perf_counter()
-    for arrow_table in tables:
-        con.register("b", arrow_table)
-        con.execute("INSERT INTO points SELECT * FROM b")
-        con.unregister("b")
-    elapsed = time.perf_counter() - t
-    n = con.execute("SELECT count(*) FROM points").fetchone()[0]
-    con.close()
-    return {"points": n, "seconds": elapsed, "points_per_s": n / elapsed}
+    return _timed_inserts(db, tables)
 
 
 def bench_ceiling_long(path: Path, db: Path) -> dict[str, Any]:
@@ -160,22 +165,8 @@ def bench_ceiling_long(path: Path, db: Path) -> dict[str, Any]:
     The looser reading of "the same data appended straight into DuckDB": no series identity, no validation,
     no de-duplication, but the same columns the file has.
     """
-    import duckdb
-
     tables = [pa.Table.from_batches([b]) for b in pq.ParquetFile(path).iter_batches(batch_size=1_000_000)]
-    con = duckdb.connect(str(db))
-    con.register("first", tables[0])
-    con.execute("CREATE TABLE long AS SELECT * FROM first LIMIT 0")
-    con.unregister("first")
-    t = time.perf_counter()
-    for arrow_table in tables:
-        con.register("b", arrow_table)
-        con.execute("INSERT INTO long SELECT * FROM b")
-        con.unregister("b")
-    elapsed = time.perf_counter() - t
-    n = con.execute("SELECT count(*) FROM long").fetchone()[0]
-    con.close()
-    return {"points": n, "seconds": elapsed, "points_per_s": n / elapsed}
+    return _timed_inserts(db, tables)
 
 
 def bench_parquet(path: Path, db: Path) -> dict[str, Any]:
