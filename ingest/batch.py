@@ -282,10 +282,6 @@ class MetricBuilder:
         self._h_rows.append((sid, ts_ns, count, total, vmin, vmax, bounds, counts, cumulative))
         return True
 
-    @property
-    def n_points(self) -> int:
-        return len(self._p_sid) + len(self._h_rows)
-
     def build(self) -> TelemetryBatch:
         """The collected points as a batch (series restricted to those with accepted points)."""
         used = set(self._p_sid) | {r[0] for r in self._h_rows}

@@ -432,8 +432,9 @@ def _bounded_buffer_pool(store: Store) -> Iterator[None]:
     """Lower DuckDB's memory limit to :data:`INGEST_MEMORY_LIMIT_BYTES` for the ingest, then restore it."""
     cur = store.cursor()
     try:
-        row = cur.execute("SELECT current_setting('memory_limit')").fetchone()
-        original = str(row[0]) if row else ""
+        # fetchall: a half-read result would block the next statement on this thread's shared cursor
+        rows = cur.execute("SELECT current_setting('memory_limit')").fetchall()
+        original = str(rows[0][0]) if rows else ""
     except Exception:  # noqa: BLE001 - a setting we cannot read is left alone
         original = ""
     current = _memory_bytes(original)

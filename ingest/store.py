@@ -53,13 +53,6 @@ class AppendResult:
     def accepted_total(self) -> int:
         return sum(self.accepted.values())
 
-    def add(self, other: AppendResult) -> None:
-        for k, v in other.accepted.items():
-            self.accepted[k] = self.accepted.get(k, 0) + v
-        for k, v in other.inserted.items():
-            self.inserted[k] = self.inserted.get(k, 0) + v
-        self.rejected += other.rejected
-
 
 def _unique_points(frame: pl.DataFrame) -> pl.DataFrame:
     """``frame`` without repeated ``(series_id, ts)`` (the last value wins).
@@ -278,10 +271,6 @@ class Store:
                 ).fetchall()
                 cur.unregister("b")
         return result
-
-    def append_many(self, batches: list[TelemetryBatch]) -> AppendResult:
-        """Append several batches as one transaction (used by the receiver's writer to coalesce)."""
-        return self.append(TelemetryBatch.concat(batches))
 
     # -- small conveniences used by tests and the CLI -----------------------------------------------
     def count(self, table: str) -> int:
