@@ -115,6 +115,18 @@ REJECTS = {
     "raw": pl.Binary,
 }
 
+#: detector output (table ``anomalies`` adds ``detector``); ``score`` is calibrated: a standard-normal z of the
+#: point's tail probability, so one threshold means the same on every detector and series
+SCORES = {
+    "series_id": pl.Int64,
+    "ts": TS,
+    "score": pl.Float64,
+    "is_anomaly": pl.Boolean,
+    "expected": pl.Float64,
+    "lower": pl.Float64,
+    "upper": pl.Float64,
+}
+
 #: name of each batch part -> (table, schema)
 TABLES: dict[str, tuple[str, dict[str, pl.DataType]]] = {
     "series": ("series", SERIES),
