@@ -179,13 +179,220 @@ def cmd_retention(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "detect":
+        from app.bench_detect import bench_detect
+
+        out = Path(args.out if args.out != "bench-results/ingest.json" else "bench-results/detect.json")
+        results = bench_detect(series=args.series, days=args.days, out=out, nab_root=_shared_data() / "NAB")
+        emit(results, args.format, lambda r: r["summary"])
+        return 0
     from app.bench import bench_ingest
 
-    if args.what != "ingest":
-        raise CliError(f"unknown benchmark {args.what!r}; available: ingest")
     results = bench_ingest(points=args.points, big_points=args.big_points, out=Path(args.out))
     emit(results, args.format, lambda r: r["summary"])
     return 0
+
+
+def _progress_bar(label: str) -> Any:
+    """A rich progress callback ``(done, total)`` on stderr, or None when stderr is not a terminal."""
+    if not sys.stderr.isatty():
+        return None
+    from rich.progress import Progress
+
+    bar = Progress(transient=True)
+    task = bar.add_task(label, total=None)
+    bar.start()
+
+    def update(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total)
+        if done >= total:
+            bar.stop()
+
+    return update
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from app.detect import DetectConfig, run_detection
+    from detectors.registry import UnknownDetectorError, detector_class
+
+    try:
+        detector_class(args.detector)
+    except UnknownDetectorError as exc:
+        raise CliError(str(exc)) from exc
+    store = _open_store(args.db)
+    try:
+        report = run_detection(
+            store,
+            DetectConfig(detector=args.detector),
+            progress=_progress_bar("detecting") if args.progress else None,
+        )
+    finally:
+        store.close()
+    emit(report.to_dict(), args.format, lambda d: "\n".join(f"{k}: {v}" for k, v in d.items()))
+    return 0
+
+
+def cmd_incidents(args: argparse.Namespace) -> int:
+    from ingest.results import list_incidents
+
+    store = _open_store(args.db, read_only=True)
+    try:
+        rows = list_incidents(store, status=args.status, service=args.service, limit=args.limit)
+    finally:
+        store.close()
+
+    def human(items: list[dict[str, Any]]) -> str:
+        if not items:
+            return "no incidents"
+        lines = [f"{'start':19}  {'severity':8} {'status':12} {'service':16} metric"]
+        for i in items:
+            lines.append(
+                f"{i['start'][:19]:19}  {i['severity']:8} {i['status']:12} {i['service']:16} {i['metric']}  [{i['id']}]"
+            )
+        return "\n".join(lines)
+
+    emit(rows, args.format, human)
+    return 0
+
+
+def _read_score_csv(path: Path) -> Any:
+    """The ``timestamp,value`` CSV of ``rootwise score``, with errors naming the file, line and column."""
+    import polars as pl
+
+    if not path.exists():
+        raise CliError(f"no such file: {path}")
+    try:
+        raw = pl.read_csv(path, infer_schema=False)
+    except Exception as exc:  # polars raises several types for unreadable CSV
+        raise CliError(f"{path}: not a readable CSV ({exc})") from exc
+    missing = [c for c in ("timestamp", "value") if c not in raw.columns]
+    if missing:
+        raise CliError(f"{path}: missing column(s) {', '.join(missing)}; expected a header 'timestamp,value'")
+    ts = raw["timestamp"].str.strip_chars().str.to_datetime(strict=False, time_unit="us")
+    if ts.dtype != pl.Datetime("us"):
+        ts = ts.dt.replace_time_zone(None)
+    bad_ts = ts.is_null() & raw["timestamp"].is_not_null()
+    values = raw["value"].str.strip_chars().cast(pl.Float64, strict=False)
+    bad_v = values.is_null() & raw["value"].is_not_null() & (raw["value"].str.strip_chars() != "")
+    for name, bad in (("timestamp", bad_ts | raw["timestamp"].is_null()), ("value", bad_v)):
+        if bad.any():
+            row = int(bad.arg_true()[0])
+            raise CliError(
+                f"{path}, line {row + 2}: column {name!r}: cannot parse {raw[name][row]!r} "
+                f"(expected {'an ISO 8601 time' if name == 'timestamp' else 'a number'})"
+            )
+    return raw, ts, values
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    import numpy as np
+    import polars as pl
+
+    from detectors.base import Threshold
+    from detectors.registry import UnknownDetectorError, make_detector
+
+    raw, ts, values = _read_score_csv(Path(args.file))
+    params: dict[str, Any] = {}
+    if args.threshold is not None:
+        params["threshold"] = Threshold(args.threshold)
+    try:
+        det = make_detector(args.detector, **params)
+    except UnknownDetectorError as exc:
+        raise CliError(str(exc)) from exc
+    if getattr(det, "input_kind", "points") != "points":
+        raise CliError(
+            f"detector {args.detector!r} needs {det.input_kind} input, not one timestamp,value series"
+        )
+    # score in file order (a causal scorer must not be handed a re-sorted series); the ts column only labels rows
+    n = raw.height
+    clock = np.arange(n).astype("datetime64[s]").astype("datetime64[us]")
+    order_ok = bool(ts.is_sorted())
+    frame = pl.DataFrame(
+        {"series_id": np.zeros(n, np.int64), "ts": ts if order_ok else clock, "value": values}
+    )
+    if not order_ok:
+        print(
+            f"rootwise: warning: {args.file}: timestamps are not in order; scoring rows in file order",
+            file=sys.stderr,
+        )
+    scored = det.score_online(frame)
+    out = raw.select("timestamp", "value").with_columns(
+        score=scored["score"].round(6), is_anomaly=scored["is_anomaly"]
+    )
+    if args.format == "json":
+        print(json.dumps(out.to_dicts(), default=str))
+    elif args.format == "csv":
+        print(out.with_columns(pl.col("is_anomaly").cast(pl.Int8)).write_csv(), end="")
+    else:
+        flagged = out.filter(pl.col("is_anomaly"))
+        print(f"{n} points, {flagged.height} anomalous (detector {args.detector})")
+        for r in flagged.head(50).iter_rows(named=True):
+            print(f"  {r['timestamp']}  value={r['value']}  score={r['score']:.2f}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out else Path("bench-results") / f"eval-{args.what}.json"
+    if args.what == "nab":
+        from app.evaluate import eval_nab, eval_nab_loco
+
+        root = Path(args.data) if args.data else _shared_data() / "NAB"
+        if not (root / "labels" / "combined_windows.json").exists():
+            raise CliError(f"{root}: not a NAB checkout (labels/combined_windows.json missing)")
+        params = json.loads(args.params) if args.params else {}
+        result = eval_nab(
+            root, args.detector, params, workers=args.workers, progress=_progress_bar("scoring NAB")
+        )
+        if args.loco:
+            result["loco"] = eval_nab_loco(root, args.detector, json.loads(args.loco), workers=args.workers)
+    elif args.what == "incidents":
+        from app.evaluate import eval_incidents
+
+        result = eval_incidents(
+            days=args.days,
+            seed=args.seed,
+            scale=args.scale,
+            data=Path(args.data) if args.data else None,
+            progress=sys.stderr.isatty(),
+        )
+    else:  # argparse restricts choices; forecast comes with the forecasting issue
+        raise CliError(f"unknown evaluation {args.what!r}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str))
+
+    def human(r: dict[str, Any]) -> str:
+        if args.what == "nab":
+            lines = [f"NAB v1.1, detector {r['detector']}: {r['points']} points in {r['seconds']} s"]
+            for name, p in r["profiles"].items():
+                lines.append(
+                    f"  {name:20} {p['score']:7.2f}  (windows {p['detected_windows']}/{p['windows']})"
+                )
+            lines.append(
+                "  per category (standard): "
+                + ", ".join(f"{k} {v}" for k, v in r["profiles"]["standard"]["categories"].items())
+            )
+            if "loco" in r:
+                lines.append(f"  leave-one-category-out ({r['loco']['profile']}): {r['loco']['loco_score']}")
+        else:
+            p = r["pages"]
+            lines = [
+                f"simulator ({r['days']} days, seed {r['seed']}, scale {r['scale']}): "
+                f"recall {p['recall']}, precision {p['precision']}, MTTD {p['mean_time_to_detect_min']} min, "
+                f"false pages/series-week {r['false_pages_per_series_week']}"
+            ]
+            if p["missed"]:
+                lines.append("  missed: " + ", ".join(p["missed"]))
+        lines.append(f"  written to {out}")
+        return "\n".join(lines)
+
+    emit(result, args.format, human)
+    return 0
+
+
+def _shared_data() -> Path:
+    return Path(
+        os.environ.get("ROOTWISE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+    )
 
 
 # -- parser ----------------------------------------------------------------------------------------------
@@ -200,6 +407,8 @@ def _common(p: argparse.ArgumentParser, *, db: bool = True) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from detectors.registry import DETECTORS  # names only: the registry imports no detector module
+
     parser = argparse.ArgumentParser(
         prog="rootwise", description="Observability and root-cause analysis for ML services."
     )
@@ -242,8 +451,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="rootwise.toml")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8050)
-    p.add_argument("--decode-workers", type=int, default=None,
-                   help="processes decoding OTLP bodies (default: one per core; 0: in the request threads)")
+    p.add_argument(
+        "--decode-workers",
+        type=int,
+        default=None,
+        help="processes decoding OTLP bodies (default: one per core; 0: in the request threads)",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("retention", help="roll raw points up to 5m/1h and drop raw points past an age")
@@ -258,7 +471,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks; print figures and write JSON")
     _common(p, db=False)
-    p.add_argument("what", choices=("ingest",))
+    p.add_argument("what", choices=("ingest", "detect"))
+    p.add_argument(
+        "--series", type=int, default=10_000, help="detect: series in the fleet store (default 10,000)"
+    )
+    p.add_argument("--days", type=float, default=7.0, help="detect: days at 1-minute resolution (default 7)")
     p.add_argument("--points", type=int, default=20_000_000, help="points per measured path (default 20M)")
     p.add_argument(
         "--big-points",
@@ -268,6 +485,48 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="bench-results/ingest.json", help="JSON results file")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "detect", help="run detectors over what is stored; record anomalies, open/resolve incidents"
+    )
+    _common(p)
+    p.add_argument("--detector", default="ensemble", help="registered detector (default: ensemble)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("incidents", help="list incidents")
+    _common(p)
+    p.add_argument("--status", choices=("open", "acknowledged", "resolved"), default=None)
+    p.add_argument("--service", default=None)
+    p.add_argument("--limit", type=int, default=None)
+    p.set_defaults(func=cmd_incidents)
+
+    p = sub.add_parser("score", help="score one series (CSV timestamp,value) causally")
+    _common(p, db=False)
+    p.add_argument("file", metavar="FILE.csv")
+    p.add_argument(
+        "--detector",
+        default="streaming",
+        help="registered detector (default: streaming): " + ", ".join(DETECTORS),
+    )
+    p.add_argument("--threshold", type=float, default=None, help="calibrated z threshold (default 5)")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("eval", help="evaluations (NAB, simulated incidents); print figures and write JSON")
+    _common(p, db=False)
+    p.add_argument("what", choices=("nab", "incidents"))
+    p.add_argument("--detector", default="streaming", help="nab: registered detector (default: streaming)")
+    p.add_argument("--params", default=None, help="nab: detector parameters as JSON")
+    p.add_argument(
+        "--loco", default=None, help='nab: JSON grid {"param": [values]} for the leave-one-category-out check'
+    )
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--data", default=None, help="nab: NAB folder; incidents: an existing simulator output")
+    p.add_argument("--days", type=float, default=4.0, help="incidents: simulated days (default 4)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--scale", type=float, default=0.5)
+    p.add_argument("--out", default=None, help="JSON results file (default bench-results/eval-WHAT.json)")
+    p.set_defaults(func=cmd_eval)
     return parser
 
 

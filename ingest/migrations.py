@@ -121,4 +121,24 @@ MIGRATIONS += (
     ),
 )
 
+MIGRATIONS += (
+    Migration(
+        5,
+        "detection state: fitted detector and alarm state per series, incidents' affected series",
+        """
+        CREATE TABLE detector_state (
+            series_id BIGINT PRIMARY KEY, detector VARCHAR NOT NULL, state BLOB, alarm BLOB,
+            scored_until TIMESTAMP, fitted_until TIMESTAMP, updated TIMESTAMP
+        );
+        CREATE TABLE incident_series (
+            incident_id VARCHAR NOT NULL, series_id BIGINT NOT NULL, metric VARCHAR, labels MAP(VARCHAR, VARCHAR),
+            start TIMESTAMP, last TIMESTAMP, peak DOUBLE, active BOOLEAN,
+            PRIMARY KEY (incident_id, series_id)
+        );
+        ALTER TABLE incidents ADD COLUMN peak DOUBLE;
+        CREATE INDEX anomalies_series_ts ON anomalies (series_id, ts);
+        """,
+    ),
+)
+
 LATEST = MIGRATIONS[-1].version

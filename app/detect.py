@@ -1,0 +1,372 @@
+"""``rootwise detect``: score what is stored, record anomalies, open, update and resolve incidents.
+
+Incremental and idempotent: each series has a watermark (``scored_until``) and its fitted detector and alarm
+state in ``detector_state``; a run reads only points after the watermark, scores them with the saved state,
+advances it and commits anomalies, incidents and states of a batch of series in one transaction. A series
+seen for the first time is scored causally over its history (the detector's ``score_online``: every point
+only against earlier ones), so the first run over a store finds the incidents already in it. Batch members
+(the seasonal baseline) are refitted on the last ``history`` of data once their fit is older than a day.
+
+What is scored per series kind:
+
+* gauge, delta: the values;
+* counter: the ensemble detects counters from the data and scores their increments;
+* histogram: the per-interval p99 (Prometheus ``histogram_quantile`` interpolation over the bucket
+  increments), the latency KPI on-call engineers page on.
+
+Time in detection is *data* time (the newest point), never the wall clock, so re-running over the same data
+gives the same incidents.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from detectors.alarms import AlarmRule, AlarmState
+from detectors.incidents import Episode, Incident, IncidentPolicy, update_incidents
+from detectors.registry import make_detector
+from ingest import results
+from ingest.schema import POINTS, TS
+from ingest.store import Store
+
+DETECTED_KINDS = ("gauge", "counter", "delta", "histogram")
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    """Knobs of a detection run (config ``[detect]`` maps onto these names)."""
+
+    detector: str = "ensemble"
+    alarm: AlarmRule = field(default_factory=AlarmRule)
+    policy: IncidentPolicy = field(default_factory=IncidentPolicy)
+    history: timedelta = timedelta(days=14)
+    batch: int = 500
+    min_points: int = 30  # a series with fewer points waits for more before its first fit
+    quantile: float = 0.99  # histogram KPI
+    #: a metric of one service with more series than this (per-tenant usage, ...) is detected on its aggregate
+    #: (the KPI); which tenants/models moved is the root-cause engine's dimension analysis, not a page each
+    max_series_per_metric: int = 50
+
+
+@dataclass
+class DetectReport:
+    """What one run did."""
+
+    series: int = 0
+    points: int = 0
+    anomalies: int = 0
+    incidents_opened: int = 0
+    incidents_updated: int = 0
+    incidents_resolved: int = 0
+    seconds: float = 0.0
+
+    @property
+    def points_per_second(self) -> float:
+        return self.points / self.seconds if self.seconds else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "points_per_second": round(self.points_per_second, 1)}
+
+
+def histogram_quantile_series(
+    rows: pl.DataFrame, q: float, prev: dict[int, Any] | None = None
+) -> tuple[pl.DataFrame, dict[int, Any]]:
+    """Per-row ``q`` quantile of each histogram series' interval distribution (POINTS frame).
+
+    Cumulative rows are differenced against the previous row (``prev[sid]`` carries the last row across
+    runs; the first row of a series without one is dropped); counter resets count the new row whole.
+    Intervals with no observations give NaN. Returns the points and the new ``prev``.
+    """
+    prev = dict(prev or {})
+    out_sid, out_ts, out_v = [], [], []
+    for (sid,), g in rows.sort("series_id", "ts").group_by(["series_id"], maintain_order=True):
+        bounds = np.asarray(g["bounds"][-1], dtype=np.float64)
+        counts = np.array([np.asarray(c, dtype=np.float64) for c in g["counts"]], dtype=object)
+        k = bounds.size + 1
+        ok = np.array([c.size == k for c in counts])
+        if not ok.all():  # bucket layout changed: keep the rows with the current layout
+            g, counts = g.filter(pl.Series(ok)), counts[ok]
+        if not len(counts):
+            continue
+        m = np.vstack(list(counts)).astype(np.float64)
+        ts = g["ts"].to_numpy()
+        if bool(g["cumulative"][-1]):
+            last = prev.get(int(sid))
+            base = np.vstack([last if last is not None and len(last) == k else np.full(k, np.nan), m[:-1]])
+            inc = m - base
+            with np.errstate(invalid="ignore"):
+                reset = (inc < 0).any(axis=1)
+            inc[reset] = m[reset]
+            prev[int(sid)] = m[-1]
+            keep = ~np.isnan(inc).any(axis=1)
+            inc, ts = inc[keep], ts[keep]
+        else:
+            inc = m
+        total = inc.sum(axis=1)
+        cum = np.cumsum(inc, axis=1)
+        rank = q * total
+        idx = np.minimum((cum < rank[:, None]).sum(axis=1), k - 1)
+        upper = np.r_[bounds, bounds[-1] if bounds.size else np.nan][idx]
+        lower = np.where(idx > 0, np.r_[0.0, bounds][idx], 0.0)
+        below = np.where(idx > 0, cum[np.arange(idx.size), np.maximum(idx - 1, 0)], 0.0)
+        in_bucket = inc[np.arange(idx.size), idx]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            frac = np.where(in_bucket > 0, (rank - below) / in_bucket, 1.0)
+            v = lower + (upper - lower) * np.clip(frac, 0.0, 1.0)
+        v = np.where(total > 0, v, np.nan)
+        out_sid.append(np.full(v.size, sid, dtype=np.int64))
+        out_ts.append(ts)
+        out_v.append(v)
+    if not out_sid:
+        return pl.DataFrame(schema=POINTS), prev
+    frame = pl.DataFrame(
+        {"series_id": np.concatenate(out_sid), "ts": np.concatenate(out_ts), "value": np.concatenate(out_v)}
+    ).cast(pl.Schema(POINTS))
+    return frame, prev
+
+
+def _episodes(
+    sid: int, meta: dict[str, Any], ts: np.ndarray, score: np.ndarray, rule: AlarmRule, state: AlarmState
+) -> tuple[list[Episode], AlarmState, np.ndarray]:
+    """Alarm episodes of one series' new scores, the new alarm state and the per-point active flags."""
+    was_active = state.active
+    active, onset, new_state = rule.apply(score, state)
+    eps: list[Episode] = []
+    if not active.any():
+        if was_active and not new_state.active:
+            # the alarm resolved without another active point in this chunk: close it at its last point
+            t0 = ts[0] if ts.size else None
+            eps.append(Episode(sid, meta["service"], meta["metric"], meta["labels"], t0, t0, 0.0, False))
+        return eps, new_state, active
+    # split the active points into runs; each run is one episode
+    idx = np.flatnonzero(active)
+    breaks = np.flatnonzero(np.diff(idx) > 1) + 1
+    runs = np.split(idx, breaks)
+    for j, run in enumerate(runs):
+        hot = run[score[run] >= rule.resolve_z]
+        last = ts[hot[-1]] if hot.size else ts[run[-1]]
+        still = bool(new_state.active and j == len(runs) - 1 and run[-1] == ts.size - 1)
+        eps.append(
+            Episode(
+                sid,
+                meta["service"],
+                meta["metric"],
+                meta["labels"],
+                _dt(ts[run[0]]),
+                _dt(last),
+                float(score[run].max()),
+                still,
+            )
+        )
+    return eps, new_state, active
+
+
+def _dt(v: Any) -> datetime:
+    return v.astype("datetime64[us]").astype(datetime) if isinstance(v, np.datetime64) else v
+
+
+def run_detection(
+    store: Store,
+    config: DetectConfig | None = None,
+    *,
+    series_ids: list[int] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> DetectReport:
+    """One incremental detection pass over the store (see the module docstring)."""
+    config = config or DetectConfig()
+    started = time.perf_counter()
+    report = DetectReport()
+    catalog = results.detection_catalog(store).filter(pl.col("kind").is_in(DETECTED_KINDS))
+    if series_ids is not None:
+        catalog = catalog.filter(pl.col("series_id").is_in(series_ids))
+    meta = _plan(store, catalog, config)
+    now = datetime.now().replace(microsecond=0)
+    incidents: dict[str, Incident] = {}
+    loaded = False
+    ids = list(meta)
+    for b in range(0, len(ids), config.batch):
+        batch = ids[b : b + config.batch]
+        states = results.load_states(store, batch)
+        if not loaded:
+            newest = max((s.scored_until for s in states.values() if s.scored_until), default=None)
+            since = (newest or datetime(1970, 1, 1)) - config.policy.reopen_within - config.policy.merge_gap
+            incidents = {i.id: i for i in results.recent_incidents(store, since)}
+            loaded = True
+        frame, hist_prev = _read_batch(store, batch, meta, states, config)
+        new_states, anomalies, episodes = _score_batch(frame, batch, meta, states, hist_prev, config, report)
+        changed = update_incidents(list(incidents.values()), episodes, config.policy)
+        for inc in changed:
+            before = incidents.get(inc.id)
+            if before is None:
+                report.incidents_opened += 1
+            elif before.status != "resolved" and inc.status == "resolved":
+                report.incidents_resolved += 1
+            else:
+                report.incidents_updated += 1
+            incidents[inc.id] = inc
+        results.save_detection(
+            store,
+            states=new_states,
+            anomalies=anomalies,
+            detector=config.detector,
+            incidents=changed,
+            now=now,
+        )
+        report.anomalies += anomalies.height
+        if progress:
+            progress(min(b + config.batch, len(ids)), len(ids))
+    report.series = len(ids)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+AGGREGATE_LABEL = "aggregate"
+
+
+def _plan(store: Store, catalog: pl.DataFrame, config: DetectConfig) -> dict[int, dict[str, Any]]:
+    """What to score: each series, except high-cardinality metrics, which are scored as one aggregate."""
+    from ingest.batch import series_id
+
+    labels = catalog["labels"].to_list()
+    catalog = catalog.with_columns(
+        derived=pl.Series(
+            [any(e["key"] == AGGREGATE_LABEL for e in (ls or [])) for ls in labels], dtype=pl.Boolean
+        )
+    ).filter(~pl.col("derived"))
+    sizes = catalog.group_by("service", "metric", "kind").len()
+    big = sizes.filter((pl.col("len") > config.max_series_per_metric) & (pl.col("kind") != "histogram"))
+    meta: dict[int, dict[str, Any]] = {}
+    members: dict[tuple[str, str, str], list[int]] = {}
+    big_keys = {(r[0], r[1], r[2]) for r in big.iter_rows()}
+    for r in catalog.iter_rows(named=True):
+        key = (r["service"], r["metric"], r["kind"])
+        if key in big_keys:
+            members.setdefault(key, []).append(int(r["series_id"]))
+            continue
+        meta[int(r["series_id"])] = {
+            "service": r["service"],
+            "metric": r["metric"],
+            "kind": r["kind"],
+            "labels": {e["key"]: e["value"] for e in (r["labels"] or [])},
+        }
+    derived = []
+    for (service, metric, kind), ids in sorted(members.items()):
+        agg = "mean" if kind == "gauge" else "sum"
+        lab = {AGGREGATE_LABEL: agg}
+        sid = series_id(metric, service, lab)
+        derived.append((sid, metric, service, "gauge" if kind == "gauge" else "delta", "", lab))
+        meta[sid] = {
+            "service": service,
+            "metric": metric,
+            "kind": "aggregate",
+            "labels": lab,
+            "members": ids,
+            "member_kind": kind,
+        }
+    results.register_series(store, derived)
+    return meta
+
+
+def _read_batch(
+    store: Store,
+    batch: list[int],
+    meta: dict[int, dict[str, Any]],
+    states: dict[int, results.SeriesState],
+    config: DetectConfig,
+) -> tuple[pl.DataFrame, dict[int, Any]]:
+    """New points of the batch (histograms turned into their quantile series)."""
+    since = {sid: (states[sid].scored_until if sid in states else None) for sid in batch}
+    plain = {s: v for s, v in since.items() if meta[s]["kind"] not in ("histogram", "aggregate")}
+    hist = {s: v for s, v in since.items() if meta[s]["kind"] == "histogram"}
+    frames = [results.points_since(store, plain)] if plain else []
+    for s, v in since.items():
+        if meta[s]["kind"] == "aggregate":
+            frames.append(
+                results.aggregate_points_since(store, s, meta[s]["members"], meta[s]["member_kind"], v)
+            )
+    prev: dict[int, Any] = {}
+    if hist:
+        rows = results.points_since(store, hist, kind="histograms")
+        carried = {s: getattr(states[s].state, "hist_prev", None) for s in hist if s in states}
+        q, prev = histogram_quantile_series(
+            rows, config.quantile, {k: v for k, v in carried.items() if v is not None}
+        )
+        frames.append(q)
+    frame = pl.concat(frames) if frames else pl.DataFrame(schema=POINTS)
+    return frame.cast(pl.Schema(POINTS)), prev
+
+
+@dataclass(frozen=True)
+class _Saved:
+    """What is pickled per series: the detector's state plus the histogram carry-over."""
+
+    detector_state: Any
+    hist_prev: Any = None
+
+
+def _score_batch(
+    frame: pl.DataFrame,
+    batch: list[int],
+    meta: dict[int, dict[str, Any]],
+    states: dict[int, results.SeriesState],
+    hist_prev: dict[int, Any],
+    config: DetectConfig,
+    report: DetectReport,
+) -> tuple[dict[int, results.SeriesState], pl.DataFrame, list[Episode]]:
+    frame = frame.filter(pl.col("value").is_not_null())
+    counts = dict(frame.group_by("series_id").len().iter_rows())
+    fresh = [s for s in batch if s not in states and counts.get(s, 0) >= config.min_points]
+    known = [s for s in batch if s in states and counts.get(s, 0) > 0]
+    det = make_detector(config.detector)
+    scored = []
+    new_states: dict[int, results.SeriesState] = {}
+    fitted: dict[int, Any] = {}
+    if fresh:
+        f = frame.filter(pl.col("series_id").is_in(fresh))
+        scored.append(det.score_online(f))
+        det.fit(f)
+        fitted.update(det.states_)
+    if known:
+        f = frame.filter(pl.col("series_id").is_in(known))
+        det.states_ = {s: states[s].state.detector_state for s in known}
+        scored.append(det.score(f))
+        det.update(f)
+        fitted.update(det.states_)
+    scores = (
+        pl.concat(scored)
+        if scored
+        else pl.DataFrame(schema={"series_id": pl.Int64, "ts": TS, "score": pl.Float64})
+    )
+    report.points += scores.height
+    episodes: list[Episode] = []
+    keep = []
+    for (sid,), g in scores.group_by(["series_id"], maintain_order=True):
+        sid = int(sid)
+        prior = states.get(sid)
+        alarm_state = prior.alarm if prior is not None and prior.alarm is not None else AlarmState()
+        ts = g["ts"].to_numpy()
+        sc = g["score"].to_numpy()
+        eps, alarm_state, active = _episodes(sid, meta[sid], ts, sc, config.alarm, alarm_state)
+        episodes.extend(eps)
+        mask = active | (sc >= config.alarm.z)
+        if mask.any():
+            keep.append(g.filter(pl.Series(mask)).with_columns(is_anomaly=pl.Series(active[mask])))
+        hp = hist_prev.get(sid, getattr(prior.state, "hist_prev", None) if prior else None)
+        last_ts = _dt(ts[-1])
+        fitted_until = prior.fitted_until if prior is not None and sid not in fresh else last_ts
+        new_states[sid] = results.SeriesState(
+            config.detector, _Saved(fitted[sid], hp), alarm_state, last_ts, fitted_until
+        )
+    # histogram carry-over for series whose only new row was the differencing base
+    for sid, hp in hist_prev.items():
+        if sid not in new_states and sid in states:
+            new_states[sid] = replace(states[sid], state=_Saved(states[sid].state.detector_state, hp))
+    anomalies = pl.concat(keep) if keep else pl.DataFrame()
+    return new_states, anomalies, episodes

@@ -1,0 +1,201 @@
+"""The default detector: chooses and combines families per series from the series' own properties.
+
+The rule (documented in README, "Detection"):
+
+1. **Counter-like** (cumulative: at least 99 % of steps are ≥ 0 and the series grows) → detect on its
+   increments (``diff``, resets clipped to 0), because a counter's level says nothing, its rate everything.
+2. **Always** the causal :class:`~detectors.streaming.StreamingDetector` (level, change and sustained-shift
+   surprises with streaming peaks-over-threshold calibration): catches spikes, level shifts and bursts on any
+   series, quantised or not.
+3. **Seasonal** (daily autocorrelation ≥ ``seasonal_min`` on the 15-minute grid with at least
+   ``StlResidualDetector.min_days`` of history) → add :class:`~detectors.seasonal.StlResidualDetector`, which
+   catches "normal value at the wrong time of day" and keeps scoring a sustained deviation that a trailing
+   window would absorb.
+4. **Sparse** (more than half the points are 0, e.g. per-tenant error counts) → the streaming detector alone:
+   its scale floor is the series' resolution, so one stray error on a quiet tenant does not page.
+
+Members' calibrated scores are combined by the maximum with a Bonferroni correction (``k`` members: the tail
+probability of the max is multiplied by ``k``), so the ensemble's score stays on the same z scale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from detectors.base import Detector, SeriesScores, Threshold, check_points, iter_series
+from detectors.calibration import tail_of_z, z_of_tail
+from detectors.seasonal import DAY_US, StlResidualDetector, seasonal_strength
+from detectors.streaming import StreamingDetector, ffill
+
+
+@dataclass(frozen=True)
+class SeriesProfile:
+    """What the rule looked at, kept in the state so the choice can be shown."""
+
+    counter: bool
+    seasonal: float  # daily autocorrelation on the grid (0 when too short)
+    sparse: float  # fraction of zero values
+    members: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class EnsembleState:
+    profile: SeriesProfile
+    streaming: Any
+    seasonal: Any  # StlResidualDetector state or None
+    last: float  # last raw value (for counter increments across calls)
+    last_fit_us: int  # time of the last point the batch member was fitted on
+
+
+def is_counter_like(y: np.ndarray) -> bool:
+    """At least 99 % of steps non-negative and the series grows: a cumulative counter.
+
+    Examples
+    --------
+    >>> is_counter_like(np.cumsum(np.ones(100))), is_counter_like(np.sin(np.arange(100.0)))
+    (True, False)
+    """
+    y = y[np.isfinite(y)]
+    if y.size < 10:
+        return False
+    d = np.diff(y)
+    return bool((d >= 0).mean() >= 0.99 and (d > 0).mean() >= 0.1 and y[-1] > y[0])
+
+
+def increments(y: np.ndarray, last: float) -> np.ndarray:
+    """Counter → per-step increase; a reset (drop) counts the new value as the increase (Prometheus)."""
+    prev = np.r_[last, y[:-1]]
+    d = y - prev
+    return np.where(d < 0, y, np.where(np.isfinite(d), d, 0.0))
+
+
+class EnsembleDetector(Detector):
+    """Per-series choice and combination of families (see module docstring for the rule)."""
+
+    name = "ensemble"
+    causal = False
+
+    def __init__(
+        self,
+        *,
+        seasonal_min: float = 0.3,
+        refit_every_days: float = 1.0,
+        probe: int = 60,
+        threshold: Threshold | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(threshold=threshold, seed=seed)
+        self.seasonal_min = seasonal_min
+        self.refit_every_days = refit_every_days
+        self.probe = probe
+
+    def _members(self) -> tuple[StreamingDetector, StlResidualDetector]:
+        # fleet use: every anomalous point scores (no onset-only suppression), the alarm rule decides pages
+        return StreamingDetector(suppress=0, threshold=self.threshold), StlResidualDetector(
+            threshold=self.threshold
+        )
+
+    def _profile(self, t: np.ndarray, y: np.ndarray) -> SeriesProfile:
+        _, stl = self._members()
+        counter = is_counter_like(y)
+        v = increments(y, y[0]) if counter and y.size else y
+        seasonal = 0.0
+        step = int(np.median(np.diff(t))) if t.size > 1 else 0
+        # a history of exactly ``min_days`` (first to last point one step short of it) is enough
+        if t.size > 1 and (t[-1] - t[0] + step) >= stl.min_days * DAY_US:
+            _, _, grid = stl._grid(t, ffill(v))
+            seasonal = seasonal_strength(
+                grid, int(DAY_US // max(DAY_US // stl.points_per_day, int(np.median(np.diff(t)))))
+            )
+        sparse = float((v == 0).mean()) if v.size else 0.0
+        members = ("streaming", "stl") if seasonal >= self.seasonal_min and sparse <= 0.5 else ("streaming",)
+        return SeriesProfile(counter, seasonal, sparse, members)
+
+    def _values(self, y: np.ndarray, state: EnsembleState | None, profile: SeriesProfile) -> np.ndarray:
+        if not profile.counter or not y.size:
+            return y
+        return increments(y, state.last if state is not None else y[0])
+
+    def _fit_series(self, t: np.ndarray, y: np.ndarray) -> EnsembleState:
+        stream, stl = self._members()
+        profile = self._profile(t, y)
+        v = self._values(y, None, profile)
+        return EnsembleState(
+            profile,
+            stream._fit_series(t, v),
+            stl._fit_series(t, v) if "stl" in profile.members else None,
+            float(y[-1]) if y.size else np.nan,
+            int(t[-1]) if t.size else 0,
+        )
+
+    def _score_series(self, t: np.ndarray, y: np.ndarray, state: EnsembleState) -> SeriesScores:
+        stream, stl = self._members()
+        v = self._values(y, state, state.profile)
+        s = stream._score_series(t, v, state.streaming)
+        if state.seasonal is None:
+            return s
+        b = stl._score_series(t, v, state.seasonal)
+        return self._combine(s, b)
+
+    @staticmethod
+    def _combine(s: SeriesScores, b: SeriesScores) -> SeriesScores:
+        z = z_of_tail(np.minimum(1.0, 2.0 * tail_of_z(np.maximum(s.score, b.score))))
+        # the seasonal member's expectation is the better "expected" band wherever it exists
+        return SeriesScores(z, b.expected, b.lower, b.upper)
+
+    def _update_series(self, t: np.ndarray, y: np.ndarray, state: EnsembleState) -> EnsembleState:
+        stream, _ = self._members()
+        v = self._values(y, state, state.profile)
+        return EnsembleState(
+            state.profile,
+            stream._update_series(t, v, state.streaming),
+            state.seasonal,
+            float(y[-1]) if y.size else state.last,
+            state.last_fit_us,
+        )
+
+    def needs_refit(self, state: EnsembleState, now_us: int) -> bool:
+        """True when the batch member is older than ``refit_every_days`` (``rootwise detect`` refits it)."""
+        return now_us - state.last_fit_us >= self.refit_every_days * DAY_US
+
+    def score_online(self, frame: pl.DataFrame, *, warmup: int = 200, refit_every: int = 0) -> pl.DataFrame:
+        """Causal scores: the streaming member runs once; the seasonal member is refitted on the prefix every
+        ``refit_every_days`` and scores the next block (``refit_every`` points overrides the day count)."""
+        pts = check_points(frame)
+        parts = []
+        stream, stl = self._members()
+        for sid, t, y in iter_series(pts):
+            # every choice is made from a prefix: counter-ness from the first ``probe`` points (which score 0),
+            # seasonality from the history the seasonal member is first fitted on
+            probe = min(self.probe, t.size)
+            counter = is_counter_like(y[:probe])
+            v = increments(y, y[0]) if counter and y.size else y
+            s = stream._score_series(t, v, stream._fit_series(t[:0], v[:0]))
+            s.score[:probe] = np.minimum(s.score[:probe], 0.0)
+            first = int(np.searchsorted(t, t[0] + stl.min_days * DAY_US)) if t.size else 0
+            if 0 < first < t.size and "stl" in self._profile(t[:first], y[:first]).members:
+                step = int(np.median(np.diff(t))) if t.size > 1 else DAY_US
+                block = refit_every or max(1, int(self.refit_every_days * DAY_US // max(step, 1)))
+                z = np.zeros(t.size)
+                exp = np.full(t.size, np.nan)
+                lo, hi = exp.copy(), exp.copy()
+                for a in range(first, t.size, block):
+                    bnd = min(a + block, t.size)
+                    st = stl._fit_series(t[:a], v[:a])
+                    r = stl._score_series(t[a:bnd], v[a:bnd], st)
+                    z[a:bnd], exp[a:bnd], lo[a:bnd], hi[a:bnd] = r.score, r.expected, r.lower, r.upper
+                both = self._combine(s, SeriesScores(z, exp, lo, hi))
+                # before the seasonal member has enough history, the streaming member speaks alone
+                keep = np.arange(t.size) < first
+                s = SeriesScores(
+                    np.where(keep, s.score, both.score),
+                    np.where(keep, s.expected, both.expected),
+                    np.where(keep, s.lower, both.lower),
+                    np.where(keep, s.upper, both.upper),
+                )
+            parts.append(self._frame(sid, t, s))
+        return pl.concat(parts) if parts else self.score(frame)

@@ -1,0 +1,345 @@
+"""Detection results in the store: anomalies, incidents, their series, and fitted detector state.
+
+All SQL of ``rootwise detect`` and ``rootwise incidents`` lives here (STYLE.md rule 6); values are bound
+parameters. Detector and alarm states are pickled blobs written and read only by Rootwise itself: the store
+file is trusted like the code (anyone who can write it can already change every result).
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import polars as pl
+
+from detectors.incidents import Episode, Incident
+from ingest import schema
+from ingest.store import Store
+
+
+@dataclass(frozen=True)
+class SeriesState:
+    """What detection remembers per series between runs."""
+
+    detector: str
+    state: Any
+    alarm: Any
+    scored_until: datetime | None
+    fitted_until: datetime | None
+
+
+def _labels(entries: Any) -> dict[str, str]:
+    if entries is None:
+        return {}
+    if isinstance(entries, dict):
+        return {str(k): str(v) for k, v in entries.items()}
+    return {e["key"]: e["value"] for e in entries}
+
+
+def detection_catalog(store: Store) -> pl.DataFrame:
+    """Every series with its metric, service, kind, unit and labels (key/value struct list)."""
+    cur = store.cursor()
+    cur.complete()
+    df = cur.sql(
+        "SELECT series_id, metric, service, kind, unit, map_entries(labels) AS labels FROM series ORDER BY series_id"
+    ).pl()
+    return df.cast(pl.Schema(schema.SERIES)) if df.height else pl.DataFrame(schema=schema.SERIES)
+
+
+def load_states(store: Store, series_ids: Sequence[int]) -> dict[int, SeriesState]:
+    """Fitted state of the given series (series never detected are absent)."""
+    ids = [int(i) for i in series_ids]
+    if not ids:
+        return {}
+    rows = (
+        store.cursor()
+        .execute(
+            "SELECT series_id, detector, state, alarm, scored_until, fitted_until FROM detector_state "
+            "WHERE series_id IN (SELECT unnest($ids::BIGINT[]))",
+            {"ids": ids},
+        )
+        .fetchall()
+    )
+    return {
+        int(r[0]): SeriesState(
+            r[1], pickle.loads(r[2]) if r[2] else None, pickle.loads(r[3]) if r[3] else None, r[4], r[5]
+        )
+        for r in rows
+    }
+
+
+def points_since(
+    store: Store,
+    since: Mapping[int, datetime | None],
+    *,
+    kind: str = "points",
+    history_from: datetime | None = None,
+) -> pl.DataFrame:
+    """Points (or histogram rows, ``kind="histograms"``) of each series after its own watermark.
+
+    ``since[sid] = None`` reads the series from ``history_from`` (or its beginning).
+    """
+    if not since:
+        return pl.DataFrame(schema=schema.POINTS if kind == "points" else schema.HISTOGRAMS)
+    table = {"points": "points", "histograms": "histograms"}[kind]
+    cols = "p.series_id, p.ts, p.value" if kind == "points" else "p.*"
+    floor = history_from or datetime(1970, 1, 1)
+    w = pl.DataFrame(
+        {"series_id": list(since), "since": [v or floor for v in since.values()]},
+        schema={"series_id": pl.Int64, "since": schema.TS},
+    ).to_arrow()
+    cur = store.cursor()
+    cur.complete()
+    cur.register("rootwise_watermarks", w)
+    try:
+        df = cur.sql(
+            f"SELECT {cols} FROM {table} p JOIN rootwise_watermarks w "
+            "ON p.series_id = w.series_id AND p.ts > w.since ORDER BY p.series_id, p.ts"
+        ).pl()
+    finally:
+        cur.unregister("rootwise_watermarks")
+    return df
+
+
+def _incident_rows(cur: Any, where: str, params: dict[str, Any]) -> list[Incident]:
+    rows = cur.execute(
+        f'SELECT id, service, metric, map_entries(labels), start, "end", severity, status FROM incidents WHERE {where}',
+        params,
+    ).fetchall()
+    if not rows:
+        return []
+    ids = [r[0] for r in rows]
+    series: dict[str, dict[int, Episode]] = {i: {} for i in ids}
+    for r in cur.execute(
+        "SELECT s.incident_id, s.series_id, s.metric, map_entries(s.labels), s.start, s.last, s.peak, s.active, i.service "
+        "FROM incident_series s JOIN incidents i ON i.id = s.incident_id "
+        "WHERE s.incident_id IN (SELECT unnest($ids::VARCHAR[]))",
+        {"ids": ids},
+    ).fetchall():
+        series[r[0]][int(r[1])] = Episode(
+            int(r[1]), r[8], r[2], _labels(r[3]), r[4], r[5], float(r[6]), bool(r[7])
+        )
+    return [Incident(r[0], r[1], r[2], _labels(r[3]), r[4], r[5], r[6], r[7], series[r[0]]) for r in rows]
+
+
+def recent_incidents(store: Store, since: datetime) -> list[Incident]:
+    """Incidents still open, and those resolved at or after ``since`` (they may reopen)."""
+    cur = store.cursor()
+    cur.complete()
+    return _incident_rows(cur, "status <> 'resolved' OR \"end\" >= $since", {"since": since})
+
+
+def save_detection(
+    store: Store,
+    *,
+    states: Mapping[int, SeriesState],
+    anomalies: pl.DataFrame,
+    detector: str,
+    incidents: Sequence[Incident],
+    now: datetime,
+) -> None:
+    """Write one detection step atomically: anomalies, changed incidents and their series, new states.
+
+    A crash before the commit leaves the previous state (the same points are scored again next run); after
+    it, everything; so ``rootwise detect`` never double counts and never loses an anomaly.
+    """
+    with store.write_transaction() as cur:
+        if anomalies.height:
+            a = anomalies.select(
+                pl.col("series_id"),
+                pl.col("ts"),
+                pl.lit(detector).alias("detector"),
+                "score",
+                "is_anomaly",
+                "expected",
+                "lower",
+                "upper",
+            ).to_arrow()
+            cur.register("rootwise_anomalies", a)
+            cur.execute("INSERT INTO anomalies SELECT * FROM rootwise_anomalies")
+            cur.unregister("rootwise_anomalies")
+        for inc in incidents:
+            cur.execute(
+                'INSERT INTO incidents (id, service, metric, labels, start, "end", severity, status, causes, updated, peak) '
+                "VALUES ($id, $service, $metric, MAP($k::VARCHAR[], $v::VARCHAR[]), $start, $end, $severity, $status, "
+                "NULL, $now, $peak) ON CONFLICT (id) DO UPDATE SET metric = excluded.metric, labels = excluded.labels, "
+                'start = excluded.start, "end" = excluded."end", updated = excluded.updated, peak = excluded.peak, '
+                # responders' states survive detection; a page never goes back to ticket
+                "severity = CASE WHEN incidents.severity = 'page' THEN 'page' ELSE excluded.severity END, "
+                "status = CASE WHEN excluded.status = 'resolved' THEN 'resolved' "
+                "WHEN incidents.status = 'acknowledged' THEN 'acknowledged' ELSE excluded.status END",
+                {
+                    "id": inc.id,
+                    "service": inc.service,
+                    "metric": inc.metric,
+                    "k": list(inc.labels),
+                    "v": list(inc.labels.values()),
+                    "start": inc.start,
+                    "end": inc.end,
+                    "severity": inc.severity,
+                    "status": inc.status,
+                    "now": now,
+                    "peak": inc.peak,
+                },
+            )
+            for ep in inc.series.values():
+                cur.execute(
+                    "INSERT INTO incident_series VALUES ($i, $s, $m, MAP($k::VARCHAR[], $v::VARCHAR[]), $a, $b, $p, $act) "
+                    "ON CONFLICT (incident_id, series_id) DO UPDATE SET start = excluded.start, last = excluded.last, "
+                    "peak = excluded.peak, active = excluded.active",
+                    {
+                        "i": inc.id,
+                        "s": ep.series_id,
+                        "m": ep.metric,
+                        "k": list(ep.labels),
+                        "v": list(ep.labels.values()),
+                        "a": ep.start,
+                        "b": ep.last,
+                        "p": ep.peak,
+                        "act": ep.active,
+                    },
+                )
+        if states:
+            rows = pl.DataFrame(
+                {
+                    "series_id": list(states),
+                    "detector": [s.detector for s in states.values()],
+                    "state": [pickle.dumps(s.state, protocol=5) for s in states.values()],
+                    "alarm": [pickle.dumps(s.alarm, protocol=5) for s in states.values()],
+                    "scored_until": [s.scored_until for s in states.values()],
+                    "fitted_until": [s.fitted_until for s in states.values()],
+                    "updated": [now] * len(states),
+                },
+                schema={
+                    "series_id": pl.Int64,
+                    "detector": pl.Utf8,
+                    "state": pl.Binary,
+                    "alarm": pl.Binary,
+                    "scored_until": schema.TS,
+                    "fitted_until": schema.TS,
+                    "updated": schema.TS,
+                },
+            ).to_arrow()
+            cur.register("rootwise_states", rows)
+            cur.execute("INSERT OR REPLACE INTO detector_state SELECT * FROM rootwise_states")
+            cur.unregister("rootwise_states")
+
+
+def list_incidents(
+    store: Store,
+    *,
+    status: str | None = None,
+    service: str | None = None,
+    since: datetime | None = None,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """Incidents as DESIGN.md's JSON objects (``id, service, metric, labels, start, end, severity, status,
+    causes``) plus ``peak`` and ``series`` (affected series count), most recent first."""
+    conds, params = ["TRUE"], {}
+    if status:
+        conds.append("status = $status")
+        params["status"] = status
+    if service:
+        conds.append("service = $service")
+        params["service"] = service
+    if since:
+        conds.append('"end" >= $since')
+        params["since"] = since
+    sql = (
+        'SELECT id, service, metric, map_entries(labels), start, "end", severity, status, causes, peak, '
+        "(SELECT count(*) FROM incident_series s WHERE s.incident_id = i.id) "
+        f"FROM incidents i WHERE {' AND '.join(conds)} ORDER BY start DESC, id"
+    )
+    if limit:
+        sql += " LIMIT $limit"
+        params["limit"] = int(limit)
+    cur = store.cursor()
+    cur.complete()
+    out = []
+
+    for r in cur.execute(sql, params).fetchall():
+        out.append(
+            {
+                "id": r[0],
+                "service": r[1],
+                "metric": r[2],
+                "labels": _labels(r[3]),
+                "start": r[4].isoformat() if r[4] else None,
+                "end": r[5].isoformat() if r[5] else None,
+                "severity": r[6],
+                "status": r[7],
+                "causes": json.loads(r[8]) if r[8] else [],
+                "peak": r[9],
+                "series": r[10],
+            }
+        )
+    return out
+
+
+def incident_series(store: Store, incident_id: str) -> pl.DataFrame:
+    """The affected series of an incident (series_id, metric, labels, start, last, peak, active)."""
+    cur = store.cursor()
+    cur.complete()
+    return cur.sql(
+        "SELECT series_id, metric, map_entries(labels) AS labels, start, last, peak, active FROM incident_series "
+        "WHERE incident_id = $id ORDER BY peak DESC",
+        params={"id": incident_id},
+    ).pl()
+
+
+def register_series(store: Store, rows: Sequence[tuple[int, str, str, str, str, dict[str, str]]]) -> None:
+    """Add derived series (``id, metric, service, kind, unit, labels``) to the catalog if they are new."""
+    if not rows:
+        return
+    with store.write_transaction() as cur:
+        for sid, metric, service, kind, unit, labels in rows:
+            cur.execute(
+                "INSERT INTO series (series_id, metric, service, kind, unit, labels) SELECT $id, $metric, $service, $kind, $unit, MAP($k::VARCHAR[], $v::VARCHAR[]) "
+                "WHERE NOT EXISTS (SELECT 1 FROM series WHERE series_id = $id)",
+                {
+                    "id": sid,
+                    "metric": metric,
+                    "service": service,
+                    "kind": kind,
+                    "unit": unit,
+                    "k": list(labels),
+                    "v": list(labels.values()),
+                },
+            )
+
+
+def aggregate_points_since(
+    store: Store, series_id: int, members: Sequence[int], kind: str, since: datetime | None
+) -> pl.DataFrame:
+    """One aggregate point per timestamp over ``members`` after ``since``: the sum of deltas, the sum of
+    counter increases (Prometheus reset rule, so member resets do not show as fleet drops) or the mean of
+    gauges. Returned with ``series_id`` set to the aggregate's id."""
+    params: dict[str, Any] = {
+        "ids": [int(m) for m in members],
+        "since": since or datetime(1970, 1, 1),
+        "sid": series_id,
+    }
+    if kind == "counter":
+        sql = """
+            SELECT $sid AS series_id, ts, sum(inc) AS value FROM (
+                SELECT ts, CASE WHEN value < prev THEN value ELSE value - prev END AS inc FROM (
+                    SELECT ts, value, lag(value) OVER (PARTITION BY series_id ORDER BY ts) AS prev FROM points
+                    WHERE series_id IN (SELECT unnest($ids::BIGINT[])) AND ts > $since - INTERVAL 1 HOUR
+                )
+                WHERE prev IS NOT NULL
+            ) WHERE ts > $since GROUP BY ts ORDER BY ts
+        """
+    else:
+        agg = "avg" if kind == "gauge" else "sum"
+        sql = f"""
+            SELECT $sid AS series_id, ts, {agg}(value) AS value FROM points
+            WHERE series_id IN (SELECT unnest($ids::BIGINT[])) AND ts > $since GROUP BY ts ORDER BY ts
+        """
+    cur = store.cursor()
+    cur.complete()
+    df = cur.sql(sql, params=params).pl()
+    return df.cast(pl.Schema(schema.POINTS)) if df.height else pl.DataFrame(schema=schema.POINTS)

@@ -1,0 +1,179 @@
+"""``rootwise detect`` over a real store: incidents open, merge, resolve; idempotent and incremental runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from app.detect import DetectConfig, histogram_quantile_series, run_detection
+from ingest.batch import TelemetryBatch, labels_list, series_id
+from ingest.results import incident_series, list_incidents
+from ingest.schema import HISTOGRAMS, POINTS, SERIES
+from ingest.store import Store
+
+START = datetime(2026, 10, 1)
+
+
+def _fleet(minutes: int, *, shift_at: int | None = None, shift_len: int = 60, offset: int = 0, seed: int = 0):
+    """Two services × two instances (latency gauge, request counter); rag-api latency jumps at ``shift_at``."""
+    rng = np.random.default_rng(seed + offset)
+    series, points = [], []
+    t = np.arange(offset, offset + minutes)
+    ts = (np.datetime64(START, "us") + t.astype("timedelta64[m]")).astype("datetime64[us]")
+    for service in ("rag-api", "embedder"):
+        for inst in ("a", "b"):
+            labels = {"instance": f"{service}-{inst}", "region": "us-east"}
+            for metric, kind in (("latency_ms", "gauge"), ("requests", "counter")):
+                sid = series_id(metric, service, labels)
+                series.append((sid, metric, service, kind, "", labels_list(labels)))
+                if kind == "gauge":
+                    y = 120 + 20 * np.sin(2 * np.pi * t / 1440) + rng.normal(0, 3, minutes)
+                    if shift_at is not None and service == "rag-api":
+                        on = (t >= shift_at) & (t < shift_at + shift_len)
+                        y = np.where(on, y + 80, y)
+                else:
+                    y = 1000.0 * t + 40.0 * np.sin(t * 0.37)  # monotone, continuous across chunks
+                points.append(
+                    pl.DataFrame({"series_id": np.full(minutes, sid), "ts": ts, "value": y}, schema=POINTS)
+                )
+    return TelemetryBatch(series=pl.DataFrame(series, schema=SERIES, orient="row"), points=pl.concat(points))
+
+
+def test_first_run_finds_the_injected_incident_and_reruns_are_idempotent(store: Store) -> None:
+    store.append(_fleet(3 * 1440, shift_at=2 * 1440 + 600))
+    report = run_detection(store)
+    assert report.series == 8 and report.points == 8 * 3 * 1440
+    incidents = list_incidents(store)
+    rag = [i for i in incidents if i["service"] == "rag-api"]
+    assert len(rag) == 1, incidents
+    inc = rag[0]
+    onset = START + timedelta(minutes=2 * 1440 + 600)
+    assert onset <= datetime.fromisoformat(inc["start"]) <= onset + timedelta(minutes=5)
+    assert inc["metric"] == "latency_ms" and inc["status"] == "resolved"
+    assert inc["labels"] == {"region": "us-east"}  # what both affected instances share
+    assert set(
+        incident_series(store, inc["id"])["labels"].map_elements(
+            lambda ls: dict((e["key"], e["value"]) for e in ls)["instance"], return_dtype=pl.Utf8
+        )
+    ) == {"rag-api-a", "rag-api-b"}
+    # nothing on the healthy service, and no page for noise
+    assert not [i for i in incidents if i["service"] == "embedder" and i["severity"] == "page"]
+    anomalies = store.count("anomalies")
+    again = run_detection(store)
+    assert again.points == 0 and again.incidents_opened == 0
+    assert store.count("anomalies") == anomalies
+    assert list_incidents(store) == incidents
+
+
+def test_incremental_run_scores_only_new_points_and_resolves(store: Store) -> None:
+    store.append(_fleet(2 * 1440 + 600))
+    run_detection(store)
+    assert not [i for i in list_incidents(store) if i["service"] == "rag-api"]
+    # the shift starts in new data: the open incident shows up, then resolves once latency is back
+    store.append(_fleet(30, shift_at=2 * 1440 + 600, shift_len=10_000, offset=2 * 1440 + 600))
+    r = run_detection(store)
+    assert r.points == 8 * 30
+    (inc,) = [i for i in list_incidents(store) if i["service"] == "rag-api"]
+    assert inc["status"] == "open" and r.incidents_opened == 1
+    store.append(_fleet(60, offset=2 * 1440 + 630))
+    r = run_detection(store)
+    assert r.points == 8 * 60
+    (after,) = [i for i in list_incidents(store) if i["service"] == "rag-api"]
+    assert after["id"] == inc["id"] and after["status"] == "resolved"
+
+
+def test_acknowledged_state_survives_detection(store: Store) -> None:
+    store.append(_fleet(2 * 1440 + 600))
+    run_detection(store)
+    store.append(_fleet(30, shift_at=2 * 1440 + 600, shift_len=10_000, offset=2 * 1440 + 600))
+    run_detection(store)
+    (inc,) = [i for i in list_incidents(store) if i["service"] == "rag-api"]
+    with store.write_transaction() as cur:
+        cur.execute("UPDATE incidents SET status = 'acknowledged' WHERE id = ?", [inc["id"]])
+    store.append(_fleet(5, shift_at=0, shift_len=10_000, offset=2 * 1440 + 630))
+    run_detection(store)
+    (same,) = [i for i in list_incidents(store) if i["service"] == "rag-api"]
+    assert same["status"] == "acknowledged"
+
+
+def test_high_cardinality_metric_is_detected_on_its_aggregate(store: Store) -> None:
+    minutes = 2 * 1440
+    t = np.arange(minutes)
+    ts = (np.datetime64(START, "us") + t.astype("timedelta64[m]")).astype("datetime64[us]")
+    rng = np.random.default_rng(0)
+    series, points = [], []
+    for k in range(60):
+        labels = {"tenant": f"t-{k:03d}"}
+        sid = series_id("tokens", "gateway", labels)
+        series.append((sid, "tokens", "gateway", "delta", "", labels_list(labels)))
+        y = rng.poisson(20, minutes).astype(float)
+        points.append(pl.DataFrame({"series_id": np.full(minutes, sid), "ts": ts, "value": y}, schema=POINTS))
+    store.append(
+        TelemetryBatch(series=pl.DataFrame(series, schema=SERIES, orient="row"), points=pl.concat(points))
+    )
+    report = run_detection(store, DetectConfig(max_series_per_metric=50))
+    assert report.series == 1  # one aggregate instead of 60 tenants
+    agg = store.cursor().execute("SELECT labels FROM series WHERE labels['aggregate'] IS NOT NULL").fetchall()
+    assert agg == [({"aggregate": "sum"},)]
+    assert list_incidents(store) == []  # Poisson noise on a quiet fleet: no incident
+
+
+def test_histogram_p99_matches_prometheus_interpolation() -> None:
+    bounds = [10.0, 20.0, 50.0]
+    rows = pl.DataFrame(
+        {
+            "series_id": [1, 1, 1],
+            "ts": [START, START + timedelta(minutes=1), START + timedelta(minutes=2)],
+            "count": [0.0, 100.0, 100.0],
+            "sum": [0.0, 1.0, 1.0],
+            "min": [None] * 3,
+            "max": [None] * 3,
+            "bounds": [bounds] * 3,
+            # cumulative: +100 observations in minute 1 (90 ≤ 10, 10 in (10, 20]), none in minute 2
+            "counts": [[0.0, 0, 0, 0], [90.0, 10, 0, 0], [90.0, 10, 0, 0]],
+            "cumulative": [True] * 3,
+        },
+        schema=HISTOGRAMS,
+    )
+    q, prev = histogram_quantile_series(rows, 0.99)
+    assert q["ts"].to_list() == [START + timedelta(minutes=1), START + timedelta(minutes=2)]
+    # rank 99 of 100: 9 of the 10 observations into (10, 20] → 10 + 10 * 9/10
+    assert q["value"][0] == 19.0 and np.isnan(q["value"][1])
+    assert prev[1].tolist() == [90.0, 10.0, 0.0, 0.0]
+
+
+def test_cli_detect_and_incidents_json(tmp_path: Path) -> None:
+    db = tmp_path / "r.duckdb"
+    s = Store(db)
+    s.append(_fleet(3 * 1440, shift_at=2 * 1440 + 600))
+    s.close()
+    def run(*a):
+        return subprocess.run(
+            [sys.executable, "-m", "app.cli", *a], capture_output=True, text=True, check=False
+        )  # noqa: E731
+    p = run("detect", "--db", str(db), "--format", "json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["series"] == 8
+    p = run("incidents", "--db", str(db), "--format", "json")
+    assert p.returncode == 0, p.stderr
+    items = json.loads(p.stdout)
+    assert items and set(items[0]) >= {
+        "id",
+        "service",
+        "metric",
+        "labels",
+        "start",
+        "end",
+        "severity",
+        "status",
+        "causes",
+    }
+    assert any(i["service"] == "rag-api" for i in items)
+    p = run("detect", "--db", str(db), "--detector", "nope")
+    assert p.returncode == 2 and "unknown detector 'nope'" in p.stderr
