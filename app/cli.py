@@ -255,6 +255,35 @@ def cmd_incidents(args: argparse.Namespace) -> int:
     return 0
 
 
+_TIME_FORMATS = (
+    "%Y-%m-%d %H:%M:%S",
+    "%Y-%m-%dT%H:%M:%S",
+    "%Y-%m-%d %H:%M:%S%.f",
+    "%Y-%m-%dT%H:%M:%S%.f",
+    "%Y-%m-%dT%H:%M:%S%#z",
+    "%Y-%m-%dT%H:%M:%S%.f%#z",
+    "%Y-%m-%d %H:%M",
+    "%Y-%m-%dT%H:%M",
+    "%Y-%m-%d",
+)
+
+
+def _parse_times(text: Any) -> Any:
+    """ISO 8601 timestamps (with or without ``T``, fractions, ``Z``/offsets → UTC) or epoch seconds; null where
+    nothing parses."""
+    import polars as pl
+
+    if text.str.contains(r"^\d+(\.\d+)?$").all():
+        return (text.cast(pl.Float64) * 1e6).cast(pl.Int64).cast(pl.Datetime("us"))
+    parsed = []
+    for fmt in _TIME_FORMATS:
+        s = text.str.to_datetime(format=fmt, strict=False, time_unit="us")
+        if isinstance(s.dtype, pl.Datetime) and s.dtype.time_zone is not None:
+            s = s.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+        parsed.append(s.cast(pl.Datetime("us")))
+    return pl.select(pl.coalesce(parsed)).to_series()
+
+
 def _read_score_csv(path: Path) -> Any:
     """The ``timestamp,value`` CSV of ``rootwise score``, with errors naming the file, line and column."""
     import polars as pl
@@ -268,9 +297,7 @@ def _read_score_csv(path: Path) -> Any:
     missing = [c for c in ("timestamp", "value") if c not in raw.columns]
     if missing:
         raise CliError(f"{path}: missing column(s) {', '.join(missing)}; expected a header 'timestamp,value'")
-    ts = raw["timestamp"].str.strip_chars().str.to_datetime(strict=False, time_unit="us")
-    if ts.dtype != pl.Datetime("us"):
-        ts = ts.dt.replace_time_zone(None)
+    ts = _parse_times(raw["timestamp"].str.strip_chars())
     bad_ts = ts.is_null() & raw["timestamp"].is_not_null()
     values = raw["value"].str.strip_chars().cast(pl.Float64, strict=False)
     bad_v = values.is_null() & raw["value"].is_not_null() & (raw["value"].str.strip_chars() != "")
