@@ -1,4 +1,4 @@
-"""``rootwise demo``: simulate an ML platform, ingest it through the real file path, serve the app."""
+"""``rootwise demo``: simulate an ML platform, ingest it through the real file path, detect, serve the app."""
 
 from __future__ import annotations
 
@@ -29,12 +29,12 @@ def run_demo(
     out = demo_data_dir(db)
     t0 = time.perf_counter()
     console.print(
-        f"[bold]1/3[/] simulating {days:g} days of an ML platform (seed {seed}, scale {scale:g}) → {out}"
+        f"[bold]1/4[/] simulating {days:g} days of an ML platform (seed {seed}, scale {scale:g}) → {out}"
     )
     manifest = simulate(out, days=days, seed=seed, scale=scale, progress=sys.stderr.isatty())
     t_sim = time.perf_counter() - t0
 
-    console.print(f"[bold]2/3[/] ingesting {out / 'telemetry'} into {db}")
+    console.print(f"[bold]2/4[/] ingesting {out / 'telemetry'} into {db}")
     t1 = time.perf_counter()
     store = Store(db)
     try:
@@ -52,9 +52,17 @@ def run_demo(
                 "ingest_rejects",
             )
         }
+        t2 = time.perf_counter()
+        console.print("[bold]3/4[/] detecting anomalies and building incidents (rootwise detect)")
+        from app.detect import run_detection
+        from ingest.results import list_incidents
+
+        detection = run_detection(store)
+        incidents = list_incidents(store)
+        t_detect = time.perf_counter() - t2
     finally:
         store.close()
-    t_ingest = time.perf_counter() - t1
+    t_ingest = t2 - t1
 
     summary: dict[str, Any] = {
         "db": db,
@@ -62,18 +70,29 @@ def run_demo(
         "simulated": {k: manifest.get(k) for k in ("points", "spans", "logs", "events", "incidents")},
         "ingest": {"accepted": report.accepted, "rejected": report.rejected, "ok": report.ok},
         "tables": counts,
-        "seconds": {"simulate": round(t_sim, 2), "ingest": round(t_ingest, 2)},
-        # detection, RCA and alerting are added to the pipeline by their own issues (3, 5, 6)
-        "pipeline": ["simulate", "ingest"],
+        "detect": detection.to_dict(),
+        "incidents": {
+            "total": len(incidents),
+            "pages": sum(i["severity"] == "page" for i in incidents),
+            "open": sum(i["status"] != "resolved" for i in incidents),
+        },
+        "seconds": {"simulate": round(t_sim, 2), "ingest": round(t_ingest, 2), "detect": round(t_detect, 2)},
+        # RCA and alerting are added to the pipeline by their own issues (5, 6)
+        "pipeline": ["simulate", "ingest", "detect"],
     }
     if fmt == "json":
         print(json.dumps(summary, indent=2, default=str))
     else:
+        pages = [i for i in incidents if i["severity"] == "page"]
         console.print(
-            f"[bold]3/3[/] stored {counts['points']:,} points in {counts['series']:,} series, "
+            f"[bold]4/4[/] stored {counts['points']:,} points in {counts['series']:,} series, "
             f"{counts['histograms']:,} histogram points, {counts['spans']:,} spans, {counts['logs']:,} logs, "
-            f"{counts['events']:,} change events ({report.rejected:,} rejected) in {t_sim + t_ingest:.1f} s"
+            f"{counts['events']:,} change events ({report.rejected:,} rejected) in {t_sim + t_ingest:.1f} s; "
+            f"detection scored {detection.points:,} points in {t_detect:.1f} s: {len(incidents)} incidents, "
+            f"{len(pages)} pages"
         )
+        for inc in pages[:10]:
+            console.print(f"    {inc['start'][:16]}  {inc['service']:14} {inc['metric']}  ({inc['id']})")
     if not report.ok:
         console.print("[red]some telemetry could not be ingested; see above and the ingest_rejects table[/]")
         return 1

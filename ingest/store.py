@@ -208,7 +208,9 @@ class Store:
             cur.begin()
             try:
                 cur.execute(m.sql)
-                cur.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [m.version, m.name])
+                cur.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [m.version, m.name]
+                )
                 cur.commit()
             except Exception:
                 cur.rollback()
@@ -276,7 +278,14 @@ class Store:
     def count(self, table: str) -> int:
         """Row count of a known table (the name is checked against the schema, never interpolated blindly)."""
         known = {t for t, _ in schema.TABLES.values()} | {
-            "points_5m", "points_1h", "anomalies", "incidents", "forecasts", "alert_outbox",
+            "points_5m",
+            "points_1h",
+            "anomalies",
+            "incidents",
+            "forecasts",
+            "alert_outbox",
+            "detector_state",
+            "incident_series",
         }
         if table not in known:
             raise StoreError(f"unknown table {table!r}; expected one of {sorted(known)}")

@@ -153,10 +153,12 @@ def test_cli_detect_and_incidents_json(tmp_path: Path) -> None:
     s = Store(db)
     s.append(_fleet(3 * 1440, shift_at=2 * 1440 + 600))
     s.close()
+
     def run(*a):
         return subprocess.run(
             [sys.executable, "-m", "app.cli", *a], capture_output=True, text=True, check=False
         )  # noqa: E731
+
     p = run("detect", "--db", str(db), "--format", "json")
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["series"] == 8
@@ -177,3 +179,34 @@ def test_cli_detect_and_incidents_json(tmp_path: Path) -> None:
     assert any(i["service"] == "rag-api" for i in items)
     p = run("detect", "--db", str(db), "--detector", "nope")
     assert p.returncode == 2 and "unknown detector 'nope'" in p.stderr
+
+
+def test_demo_pipeline_runs_detection(tmp_path: Path) -> None:
+    db = tmp_path / "demo.duckdb"
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "demo",
+            "--db",
+            str(db),
+            "--days",
+            "1.5",
+            "--scale",
+            "0.05",
+            "--no-serve",
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert p.returncode == 0, p.stderr
+    summary = json.loads(p.stdout)
+    assert summary["pipeline"] == ["simulate", "ingest", "detect"]
+    assert summary["detect"]["points"] > 0 and summary["detect"]["series"] > 0
+    s = Store(db, read_only=True)
+    assert s.count("detector_state") > 0
+    s.close()
