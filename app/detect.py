@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -75,61 +75,56 @@ class DetectReport:
         return {**asdict(self), "points_per_second": round(self.points_per_second, 1)}
 
 
-def histogram_quantile_series(
-    rows: pl.DataFrame, q: float, prev: dict[int, Any] | None = None
-) -> tuple[pl.DataFrame, dict[int, Any]]:
-    """Per-row ``q`` quantile of each histogram series' interval distribution (POINTS frame).
+def histogram_quantile_series(rows: pl.DataFrame, q: float, series_id: int) -> pl.DataFrame:
+    """The ``q`` quantile per timestamp of the interval distribution summed over the member histograms in
+    ``rows`` (Prometheus ``histogram_quantile`` interpolation), as one POINTS series ``series_id``.
 
-    Cumulative rows are differenced against the previous row (``prev[sid]`` carries the last row across
-    runs; the first row of a series without one is dropped); counter resets count the new row whole.
-    Intervals with no observations give NaN. Returns the points and the new ``prev``.
+    Cumulative rows are differenced against the member's previous row (the first row of each member only
+    serves as a base; a drop is a restart and counts the new row whole). Members whose bucket layout differs
+    from the newest one are left out. Intervals with no observations give NaN.
     """
-    prev = dict(prev or {})
-    out_sid, out_ts, out_v = [], [], []
-    for (sid,), g in rows.sort("series_id", "ts").group_by(["series_id"], maintain_order=True):
-        bounds = np.asarray(g["bounds"][-1], dtype=np.float64)
-        counts = np.array([np.asarray(c, dtype=np.float64) for c in g["counts"]], dtype=object)
-        k = bounds.size + 1
-        ok = np.array([c.size == k for c in counts])
-        if not ok.all():  # bucket layout changed: keep the rows with the current layout
-            g, counts = g.filter(pl.Series(ok)), counts[ok]
-        if not len(counts):
+    if rows.height == 0:
+        return pl.DataFrame(schema=POINTS)
+    rows = rows.sort("series_id", "ts")
+    bounds = np.asarray(rows["bounds"][-1], dtype=np.float64)
+    k = bounds.size + 1
+    ts_parts, inc_parts = [], []
+    for (_,), g in rows.group_by(["series_id"], maintain_order=True):
+        ok = np.array([c is not None and len(c) == k for c in g["counts"].to_list()])
+        g = g.filter(pl.Series(ok))
+        if g.height == 0:
             continue
-        m = np.vstack(list(counts)).astype(np.float64)
+        m = np.vstack([np.asarray(c, dtype=np.float64) for c in g["counts"].to_list()])
         ts = g["ts"].to_numpy()
         if bool(g["cumulative"][-1]):
-            last = prev.get(int(sid))
-            base = np.vstack([last if last is not None and len(last) == k else np.full(k, np.nan), m[:-1]])
-            inc = m - base
-            with np.errstate(invalid="ignore"):
-                reset = (inc < 0).any(axis=1)
-            inc[reset] = m[reset]
-            prev[int(sid)] = m[-1]
-            keep = ~np.isnan(inc).any(axis=1)
-            inc, ts = inc[keep], ts[keep]
-        else:
-            inc = m
-        total = inc.sum(axis=1)
-        cum = np.cumsum(inc, axis=1)
-        rank = q * total
-        idx = np.minimum((cum < rank[:, None]).sum(axis=1), k - 1)
-        upper = np.r_[bounds, bounds[-1] if bounds.size else np.nan][idx]
-        lower = np.where(idx > 0, np.r_[0.0, bounds][idx], 0.0)
-        below = np.where(idx > 0, cum[np.arange(idx.size), np.maximum(idx - 1, 0)], 0.0)
-        in_bucket = inc[np.arange(idx.size), idx]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            frac = np.where(in_bucket > 0, (rank - below) / in_bucket, 1.0)
-            v = lower + (upper - lower) * np.clip(frac, 0.0, 1.0)
-        v = np.where(total > 0, v, np.nan)
-        out_sid.append(np.full(v.size, sid, dtype=np.int64))
-        out_ts.append(ts)
-        out_v.append(v)
-    if not out_sid:
-        return pl.DataFrame(schema=POINTS), prev
-    frame = pl.DataFrame(
-        {"series_id": np.concatenate(out_sid), "ts": np.concatenate(out_ts), "value": np.concatenate(out_v)}
-    ).cast(pl.Schema(POINTS))
-    return frame, prev
+            inc = m[1:] - m[:-1]
+            reset = (inc < 0).any(axis=1)
+            inc[reset] = m[1:][reset]
+            m, ts = inc, ts[1:]
+        ts_parts.append(ts)
+        inc_parts.append(m)
+    if not ts_parts:
+        return pl.DataFrame(schema=POINTS)
+    ts_all = np.concatenate(ts_parts)
+    inc_all = np.vstack(inc_parts)
+    uniq, inv = np.unique(ts_all, return_inverse=True)
+    inc = np.zeros((uniq.size, k))
+    np.add.at(inc, inv, inc_all)
+    total = inc.sum(axis=1)
+    cum = np.cumsum(inc, axis=1)
+    rank = q * total
+    idx = np.minimum((cum < rank[:, None]).sum(axis=1), k - 1)
+    upper = np.r_[bounds, bounds[-1] if bounds.size else np.nan][idx]
+    lower = np.where(idx > 0, np.r_[0.0, bounds][idx], 0.0)
+    rows_i = np.arange(idx.size)
+    below = np.where(idx > 0, cum[rows_i, np.maximum(idx - 1, 0)], 0.0)
+    in_bucket = inc[rows_i, idx]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac = np.where(in_bucket > 0, (rank - below) / in_bucket, 1.0)
+        v = lower + (upper - lower) * np.clip(frac, 0.0, 1.0)
+    v = np.where(total > 0, v, np.nan)
+    frame = pl.DataFrame({"series_id": np.full(v.size, series_id, dtype=np.int64), "ts": uniq, "value": v})
+    return frame.cast(pl.Schema(POINTS))
 
 
 def _episodes(
@@ -199,8 +194,8 @@ def run_detection(
             since = (newest or datetime(1970, 1, 1)) - config.policy.reopen_within - config.policy.merge_gap
             incidents = {i.id: i for i in results.recent_incidents(store, since)}
             loaded = True
-        frame, hist_prev = _read_batch(store, batch, meta, states, config)
-        new_states, anomalies, episodes = _score_batch(frame, batch, meta, states, hist_prev, config, report)
+        frame = _read_batch(store, batch, meta, states, config)
+        new_states, anomalies, episodes = _score_batch(frame, batch, meta, states, config, report)
         changed = update_incidents(list(incidents.values()), episodes, config.policy)
         for inc in changed:
             before = incidents.get(inc.id)
@@ -228,47 +223,71 @@ def run_detection(
 
 
 AGGREGATE_LABEL = "aggregate"
+#: resource labels that change with every deploy or restart: a series that differs only in these is the same
+#: logical series (stitched), so a new version is scored against the old one's history — a bad deploy must
+#: not hide behind a fresh series id
+VOLATILE_LABELS = frozenset(
+    {
+        "service.version",
+        "host.name",
+        "service.instance.id",
+        "k8s.pod.name",
+        "k8s.pod.uid",
+        "container.id",
+        "process.pid",
+    }
+)
+#: cumulative histograms are differenced against the row before the watermark; this is how far back it is found
+HISTOGRAM_LOOKBACK = timedelta(minutes=30)
 
 
 def _plan(store: Store, catalog: pl.DataFrame, config: DetectConfig) -> dict[int, dict[str, Any]]:
-    """What to score: each series, except high-cardinality metrics, which are scored as one aggregate."""
+    """What to score: logical series (series differing only in volatile labels are stitched into one), except
+    that a metric with more than ``max_series_per_metric`` logical series is scored as one aggregate."""
     from ingest.batch import series_id
 
-    labels = catalog["labels"].to_list()
-    catalog = catalog.with_columns(
-        derived=pl.Series(
-            [any(e["key"] == AGGREGATE_LABEL for e in (ls or [])) for ls in labels], dtype=pl.Boolean
-        )
-    ).filter(~pl.col("derived"))
-    sizes = catalog.group_by("service", "metric", "kind").len()
-    big = sizes.filter((pl.col("len") > config.max_series_per_metric) & (pl.col("kind") != "histogram"))
-    meta: dict[int, dict[str, Any]] = {}
-    members: dict[tuple[str, str, str], list[int]] = {}
-    big_keys = {(r[0], r[1], r[2]) for r in big.iter_rows()}
+    logical: dict[tuple[str, str, str, tuple[tuple[str, str], ...]], list[int]] = {}
     for r in catalog.iter_rows(named=True):
-        key = (r["service"], r["metric"], r["kind"])
-        if key in big_keys:
-            members.setdefault(key, []).append(int(r["series_id"]))
-            continue
-        meta[int(r["series_id"])] = {
-            "service": r["service"],
-            "metric": r["metric"],
-            "kind": r["kind"],
-            "labels": {e["key"]: e["value"] for e in (r["labels"] or [])},
-        }
+        labels = {e["key"]: e["value"] for e in (r["labels"] or [])}
+        if AGGREGATE_LABEL in labels:
+            continue  # registered by an earlier run of detection itself
+        stable = tuple(sorted((k, v) for k, v in labels.items() if k not in VOLATILE_LABELS))
+        logical.setdefault((r["service"], r["metric"], r["kind"], stable), []).append(int(r["series_id"]))
+    per_metric: dict[tuple[str, str, str], int] = {}
+    for service, metric, kind, _ in logical:
+        per_metric[(service, metric, kind)] = per_metric.get((service, metric, kind), 0) + 1
+    meta: dict[int, dict[str, Any]] = {}
     derived = []
-    for (service, metric, kind), ids in sorted(members.items()):
-        agg = "mean" if kind == "gauge" else "sum"
-        lab = {AGGREGATE_LABEL: agg}
-        sid = series_id(metric, service, lab)
-        derived.append((sid, metric, service, "gauge" if kind == "gauge" else "delta", "", lab))
+    groups: dict[tuple[str, str, str], list[int]] = {}
+    for (service, metric, kind, stable), ids in logical.items():
+        if per_metric[(service, metric, kind)] > config.max_series_per_metric and kind != "histogram":
+            groups.setdefault((service, metric, kind), []).extend(ids)
+            continue
+        labels = dict(stable)
+        if len(ids) == 1:
+            sid, how = ids[0], "series"
+        else:
+            sid, how = series_id(metric, service, labels), "stitched"
+            derived.append((sid, metric, service, "derived", "", labels))
         meta[sid] = {
             "service": service,
             "metric": metric,
-            "kind": "aggregate",
-            "labels": lab,
-            "members": ids,
-            "member_kind": kind,
+            "kind": kind,
+            "how": how,
+            "labels": labels,
+            "members": sorted(ids),
+        }
+    for (service, metric, kind), ids in sorted(groups.items()):
+        labels = {AGGREGATE_LABEL: "mean" if kind == "gauge" else "sum"}
+        sid = series_id(metric, service, labels)
+        derived.append((sid, metric, service, "derived", "", labels))
+        meta[sid] = {
+            "service": service,
+            "metric": metric,
+            "kind": kind,
+            "how": "aggregate",
+            "labels": labels,
+            "members": sorted(ids),
         }
     results.register_series(store, derived)
     return meta
@@ -280,35 +299,23 @@ def _read_batch(
     meta: dict[int, dict[str, Any]],
     states: dict[int, results.SeriesState],
     config: DetectConfig,
-) -> tuple[pl.DataFrame, dict[int, Any]]:
-    """New points of the batch (histograms turned into their quantile series)."""
+) -> pl.DataFrame:
+    """New points of the batch's logical series: stitched and aggregated members combined, histograms
+    turned into their quantile series."""
     since = {sid: (states[sid].scored_until if sid in states else None) for sid in batch}
-    plain = {s: v for s, v in since.items() if meta[s]["kind"] not in ("histogram", "aggregate")}
-    hist = {s: v for s, v in since.items() if meta[s]["kind"] == "histogram"}
-    frames = [results.points_since(store, plain)] if plain else []
+    single = {s: v for s, v in since.items() if meta[s]["how"] == "series" and meta[s]["kind"] != "histogram"}
+    frames = [results.points_since(store, single)] if single else []
     for s, v in since.items():
-        if meta[s]["kind"] == "aggregate":
-            frames.append(
-                results.aggregate_points_since(store, s, meta[s]["members"], meta[s]["member_kind"], v)
-            )
-    prev: dict[int, Any] = {}
-    if hist:
-        rows = results.points_since(store, hist, kind="histograms")
-        carried = {s: getattr(states[s].state, "hist_prev", None) for s in hist if s in states}
-        q, prev = histogram_quantile_series(
-            rows, config.quantile, {k: v for k, v in carried.items() if v is not None}
-        )
-        frames.append(q)
+        m = meta[s]
+        if m["kind"] == "histogram":
+            floor = v - HISTOGRAM_LOOKBACK if v is not None else None
+            rows = results.points_since(store, dict.fromkeys(m["members"], floor), kind="histograms")
+            q = histogram_quantile_series(rows, config.quantile, s)
+            frames.append(q.filter(pl.col("ts") > v) if v is not None else q)
+        elif m["how"] != "series":
+            frames.append(results.aggregate_points_since(store, s, m["members"], m["kind"], v))
     frame = pl.concat(frames) if frames else pl.DataFrame(schema=POINTS)
-    return frame.cast(pl.Schema(POINTS)), prev
-
-
-@dataclass(frozen=True)
-class _Saved:
-    """What is pickled per series: the detector's state plus the histogram carry-over."""
-
-    detector_state: Any
-    hist_prev: Any = None
+    return frame.cast(pl.Schema(POINTS))
 
 
 def _score_batch(
@@ -316,7 +323,6 @@ def _score_batch(
     batch: list[int],
     meta: dict[int, dict[str, Any]],
     states: dict[int, results.SeriesState],
-    hist_prev: dict[int, Any],
     config: DetectConfig,
     report: DetectReport,
 ) -> tuple[dict[int, results.SeriesState], pl.DataFrame, list[Episode]]:
@@ -335,7 +341,7 @@ def _score_batch(
         fitted.update(det.states_)
     if known:
         f = frame.filter(pl.col("series_id").is_in(known))
-        det.states_ = {s: states[s].state.detector_state for s in known}
+        det.states_ = {s: states[s].state for s in known}
         scored.append(det.score(f))
         det.update(f)
         fitted.update(det.states_)
@@ -358,15 +364,10 @@ def _score_batch(
         mask = active | (sc >= config.alarm.z)
         if mask.any():
             keep.append(g.filter(pl.Series(mask)).with_columns(is_anomaly=pl.Series(active[mask])))
-        hp = hist_prev.get(sid, getattr(prior.state, "hist_prev", None) if prior else None)
         last_ts = _dt(ts[-1])
         fitted_until = prior.fitted_until if prior is not None and sid not in fresh else last_ts
         new_states[sid] = results.SeriesState(
-            config.detector, _Saved(fitted[sid], hp), alarm_state, last_ts, fitted_until
+            config.detector, fitted[sid], alarm_state, last_ts, fitted_until
         )
-    # histogram carry-over for series whose only new row was the differencing base
-    for sid, hp in hist_prev.items():
-        if sid not in new_states and sid in states:
-            new_states[sid] = replace(states[sid], state=_Saved(states[sid].state.detector_state, hp))
     anomalies = pl.concat(keep) if keep else pl.DataFrame()
     return new_states, anomalies, episodes

@@ -182,9 +182,10 @@ def match_incidents(
 ) -> dict[str, Any]:
     """Event-level precision/recall of detected incidents against labelled ones.
 
-    A labelled incident is detected when a detected incident starts inside ``[start, end + grace]`` (an
-    incident that was already open at the labelled start does not count: it was about something else). Each
-    detected incident outside every labelled window (with ``grace``) is a false alarm. Only incidents
+    An alarm is one series' alarm episode; a detected incident pages for all its alarms. A labelled incident
+    is detected when an alarm of a detected incident starts inside ``[start - 5 min, end + grace]`` (alarm
+    starts come from ``alarm_starts``, else the incident's start); a detected incident none of whose alarms
+    starts inside any labelled window is a false alarm. Only incidents
     starting at or after ``evaluate_from`` (the detectors' warm-up is excluded, like NAB's probation) count;
     with ``pages_only`` only ``severity == "page"`` incidents are alarms (tickets do not wake anyone).
     """
@@ -201,11 +202,16 @@ def match_incidents(
     hit_delay: dict[int, float] = {}
     false = []
     for d in det:
-        s = datetime.fromisoformat(d["start"])
-        inside = [i for i, (a, b, _) in enumerate(lab) if a - timedelta(minutes=5) <= s <= b + grace]
+        starts = [datetime.fromisoformat(x) for x in d.get("alarm_starts") or [d["start"]]]
+        inside = [
+            (i, s)
+            for s in starts
+            for i, (a, b, _) in enumerate(lab)
+            if a - timedelta(minutes=5) <= s <= b + grace
+        ]
         if not inside:
             false.append(d)
-        for i in inside:
+        for i, s in inside:
             delay = (s - lab[i][0]).total_seconds() / 60
             hit_delay[i] = min(hit_delay.get(i, delay), delay)
     tp_alarms = len(det) - len(false)
@@ -242,7 +248,7 @@ def eval_incidents(
     """Simulate (or reuse ``data``), ingest, detect, then score incidents against the labels."""
     from app.detect import run_detection
     from ingest.files import ingest_paths
-    from ingest.results import list_incidents
+    from ingest.results import incident_series, list_incidents
     from ingest.simulator import simulate
     from ingest.store import Store
 
@@ -260,6 +266,8 @@ def eval_incidents(
         report = run_detection(store)
         t2 = time.perf_counter()
         detected = list_incidents(store)
+        for d in detected:
+            d["alarm_starts"] = [t.isoformat() for t in incident_series(store, d["id"])["start"].to_list()]
         n_series = report.series
         store.close()
         # labels are read only now, after detection has finished

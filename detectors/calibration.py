@@ -150,6 +150,7 @@ def exceedance_z(
     window: int = 5000,
     min_history: int = 100,
     min_scale: float = 1e-9,
+    cap: float | None = None,
 ) -> np.ndarray:
     """Causal peaks-over-threshold calibration of raw scores (streaming SPOT; Siffer et al., KDD 2017).
 
@@ -158,6 +159,11 @@ def exceedance_z(
     new score ``r > u`` is ``(1 - q) * exp(-(r - u) / sigma)`` (the exponential member of the generalised
     Pareto family, which the mean-excess estimate fits). Below ``u`` the probability falls linearly from 1 to
     ``1 - q``. Returned as z; points with fewer than ``min_history`` earlier points score 0.
+
+    ``cap`` winsorises the *history* the tail is fitted on at ``median + cap * IQR`` of the trailing window
+    (robust to contamination below 25 %): without it, a two-hour incident earlier in the window lifts the
+    fitted tail so much that the next incident of the same size scores below the threshold — the calibration
+    learns that incidents are normal. New points are never capped, so they still score in full.
 
     Examples
     --------
@@ -172,10 +178,18 @@ def exceedance_z(
     if n == 0:
         return np.zeros(0)
     s = pl.Series(x)
+    if cap is not None:
+        q25 = s.rolling_quantile(0.25, "linear", window, min_samples=1).to_numpy()
+        q50 = s.rolling_quantile(0.5, "linear", window, min_samples=1).to_numpy()
+        q75 = s.rolling_quantile(0.75, "linear", window, min_samples=1).to_numpy()
+        # each history point is capped by the bound of its own trailing window (causal)
+        bound = q50 + cap * np.maximum(q75 - q25, 0.5 * np.abs(q50) + min_scale)
+        s = pl.Series(np.minimum(x, bound))
+    hist = s.to_numpy()
     u = s.rolling_quantile(q, "linear", window, min_samples=2).shift(1).to_numpy()
     u = np.nan_to_num(u, nan=np.inf)
-    exc = np.where(x > u, x - u, 0.0)
-    hits = (x > u).astype(np.float64)
+    exc = np.where(hist > u, hist - u, 0.0)
+    hits = (hist > u).astype(np.float64)
     exc_sum = pl.Series(exc).rolling_sum(window, min_samples=1).shift(1).to_numpy()
     hit_sum = pl.Series(hits).rolling_sum(window, min_samples=1).shift(1).to_numpy()
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -124,28 +124,71 @@ def test_high_cardinality_metric_is_detected_on_its_aggregate(store: Store) -> N
     assert list_incidents(store) == []  # Poisson noise on a quiet fleet: no incident
 
 
-def test_histogram_p99_matches_prometheus_interpolation() -> None:
+def test_histogram_p99_matches_prometheus_interpolation_and_sums_members() -> None:
     bounds = [10.0, 20.0, 50.0]
-    rows = pl.DataFrame(
-        {
-            "series_id": [1, 1, 1],
-            "ts": [START, START + timedelta(minutes=1), START + timedelta(minutes=2)],
-            "count": [0.0, 100.0, 100.0],
-            "sum": [0.0, 1.0, 1.0],
-            "min": [None] * 3,
-            "max": [None] * 3,
-            "bounds": [bounds] * 3,
-            # cumulative: +100 observations in minute 1 (90 ≤ 10, 10 in (10, 20]), none in minute 2
-            "counts": [[0.0, 0, 0, 0], [90.0, 10, 0, 0], [90.0, 10, 0, 0]],
-            "cumulative": [True] * 3,
-        },
-        schema=HISTOGRAMS,
-    )
-    q, prev = histogram_quantile_series(rows, 0.99)
-    assert q["ts"].to_list() == [START + timedelta(minutes=1), START + timedelta(minutes=2)]
+    t = [START, START + timedelta(minutes=1), START + timedelta(minutes=2)]
+
+    def rows(sid: int, counts: list[list[float]]) -> pl.DataFrame:
+        return pl.DataFrame(
+            {
+                "series_id": [sid] * 3,
+                "ts": t,
+                "count": [0.0] * 3,
+                "sum": [0.0] * 3,
+                "min": [None] * 3,
+                "max": [None] * 3,
+                "bounds": [bounds] * 3,
+                "counts": counts,
+                "cumulative": [True] * 3,
+            },
+            schema=HISTOGRAMS,
+        )
+
+    # cumulative: +100 observations in minute 1 (90 ≤ 10, 10 in (10, 20]), none in minute 2
+    one = rows(1, [[0.0, 0, 0, 0], [90.0, 10, 0, 0], [90.0, 10, 0, 0]])
+    q = histogram_quantile_series(one, 0.99, 7)
+    assert q["ts"].to_list() == t[1:] and q["series_id"].to_list() == [7, 7]
     # rank 99 of 100: 9 of the 10 observations into (10, 20] → 10 + 10 * 9/10
     assert q["value"][0] == 19.0 and np.isnan(q["value"][1])
-    assert prev[1].tolist() == [90.0, 10.0, 0.0, 0.0]
+    # a second member (another version of the same service) with 100 slow observations in minute 1:
+    # the stitched series' p99 is over all 200 observations — rank 198 lands in (20, 50]
+    two = rows(2, [[0.0, 0, 0, 0], [0.0, 0, 100, 0], [0.0, 0, 100, 0]])
+    q = histogram_quantile_series(pl.concat([one, two]), 0.99, 7)
+    assert q["value"][0] == 20.0 + 30.0 * 98 / 100
+
+
+def test_new_version_of_a_service_is_scored_against_the_old_ones_history(store: Store) -> None:
+    """A deploy changes ``service.version`` (a new series id); detection stitches the versions, so a bad
+    deploy's latency jump is an anomaly, not the first points of a series with no baseline."""
+    minutes = 2 * 1440 + 300
+    cut = 2 * 1440
+    t = np.arange(minutes)
+    ts = (np.datetime64(START, "us") + t.astype("timedelta64[m]")).astype("datetime64[us]")
+    rng = np.random.default_rng(3)
+    y = 100 + rng.normal(0, 2, minutes)
+    y[cut:] += 40
+    series, points = [], []
+    for version, part in (("1.0", slice(0, cut)), ("1.1", slice(cut, minutes))):
+        labels = {"instance": "api-0", "service.version": version}
+        sid = series_id("latency_ms", "api", labels)
+        series.append((sid, "latency_ms", "api", "gauge", "", labels_list(labels)))
+        points.append(
+            pl.DataFrame(
+                {"series_id": np.full(t[part].size, sid), "ts": ts[part], "value": y[part]}, schema=POINTS
+            )
+        )
+    store.append(
+        TelemetryBatch(series=pl.DataFrame(series, schema=SERIES, orient="row"), points=pl.concat(points))
+    )
+    report = run_detection(store)
+    assert report.series == 1
+    (inc,) = list_incidents(store)
+    assert inc["labels"] == {"instance": "api-0"}
+    assert (
+        START + timedelta(minutes=cut)
+        <= datetime.fromisoformat(inc["start"])
+        <= START + timedelta(minutes=cut + 5)
+    )
 
 
 def test_cli_detect_and_incidents_json(tmp_path: Path) -> None:
