@@ -194,8 +194,14 @@ def run_detection(
             since = (newest or datetime(1970, 1, 1)) - config.policy.reopen_within - config.policy.merge_gap
             incidents = {i.id: i for i in results.recent_incidents(store, since)}
             loaded = True
-        frame = _read_batch(store, batch, meta, states, config)
-        new_states, anomalies, episodes = _score_batch(frame, batch, meta, states, config, report)
+        since = {sid: (states[sid].scored_until if sid in states else None) for sid in batch}
+        frame = _read_points(store, since, meta, config)
+
+        def history(sids: list[int], until: datetime) -> pl.DataFrame:
+            start = until - config.history
+            return _read_points(store, dict.fromkeys(sids, start), meta, config).filter(pl.col("ts") <= until)
+
+        new_states, anomalies, episodes = _score_batch(frame, batch, meta, states, config, report, history)
         changed = update_incidents(list(incidents.values()), episodes, config.policy)
         for inc in changed:
             before = incidents.get(inc.id)
@@ -293,16 +299,11 @@ def _plan(store: Store, catalog: pl.DataFrame, config: DetectConfig) -> dict[int
     return meta
 
 
-def _read_batch(
-    store: Store,
-    batch: list[int],
-    meta: dict[int, dict[str, Any]],
-    states: dict[int, results.SeriesState],
-    config: DetectConfig,
+def _read_points(
+    store: Store, since: dict[int, datetime | None], meta: dict[int, dict[str, Any]], config: DetectConfig
 ) -> pl.DataFrame:
-    """New points of the batch's logical series: stitched and aggregated members combined, histograms
+    """Points after ``since[sid]`` of logical series: stitched and aggregated members combined, histograms
     turned into their quantile series."""
-    since = {sid: (states[sid].scored_until if sid in states else None) for sid in batch}
     single = {s: v for s, v in since.items() if meta[s]["how"] == "series" and meta[s]["kind"] != "histogram"}
     frames = [results.points_since(store, single)] if single else []
     for s, v in since.items():
@@ -325,6 +326,7 @@ def _score_batch(
     states: dict[int, results.SeriesState],
     config: DetectConfig,
     report: DetectReport,
+    history: Callable[[list[int], datetime], pl.DataFrame],
 ) -> tuple[dict[int, results.SeriesState], pl.DataFrame, list[Episode]]:
     frame = frame.filter(pl.col("value").is_not_null())
     counts = dict(frame.group_by("series_id").len().iter_rows())
@@ -334,6 +336,7 @@ def _score_batch(
     scored = []
     new_states: dict[int, results.SeriesState] = {}
     fitted: dict[int, Any] = {}
+    refitted: set[int] = set()
     if fresh:
         f = frame.filter(pl.col("series_id").is_in(fresh))
         scored.append(det.score_online(f))
@@ -345,6 +348,17 @@ def _score_batch(
         scored.append(det.score(f))
         det.update(f)
         fitted.update(det.states_)
+        # batch members (the seasonal baseline) are refitted on recent history once their fit is a day old
+        needs = getattr(det, "needs_refit", None)
+        last_us = dict(f.group_by("series_id").agg(pl.col("ts").max().dt.epoch("us")).iter_rows())
+        due = [s for s in known if needs is not None and needs(det.states_[s], last_us[s])]
+        if due:
+            until = _dt(f["ts"].max())
+            refit = make_detector(config.detector).fit(history(due, until))
+            for s in due:
+                if s in refit.states_:
+                    fitted[s] = refit.states_[s]
+                    refitted.add(s)
     scores = (
         pl.concat(scored)
         if scored
@@ -365,7 +379,8 @@ def _score_batch(
         if mask.any():
             keep.append(g.filter(pl.Series(mask)).with_columns(is_anomaly=pl.Series(active[mask])))
         last_ts = _dt(ts[-1])
-        fitted_until = prior.fitted_until if prior is not None and sid not in fresh else last_ts
+        renewed = prior is None or sid in fresh or sid in refitted
+        fitted_until = last_ts if renewed else prior.fitted_until
         new_states[sid] = results.SeriesState(
             config.detector, fitted[sid], alarm_state, last_ts, fitted_until
         )

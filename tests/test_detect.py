@@ -253,3 +253,43 @@ def test_demo_pipeline_runs_detection(tmp_path: Path) -> None:
     s = Store(db, read_only=True)
     assert s.count("detector_state") > 0
     s.close()
+
+
+def test_seasonal_member_is_refitted_after_a_day_of_new_data(store: Store) -> None:
+    store.append(_fleet(3 * 1440))
+    run_detection(store)
+    sid = (
+        store.cursor()
+        .execute(
+            "SELECT series_id FROM series WHERE service = 'rag-api' AND metric = 'latency_ms' "
+            "AND labels['instance'] = 'rag-api-a'"
+        )
+        .fetchone()[0]
+    )
+
+    def fitted_until() -> datetime:
+        return (
+            store.cursor()
+            .execute("SELECT fitted_until FROM detector_state WHERE series_id = ?", [sid])
+            .fetchone()[0]
+        )
+
+    first = fitted_until()
+    assert first == START + timedelta(minutes=3 * 1440 - 1)
+    store.append(_fleet(600, offset=3 * 1440))
+    run_detection(store)
+    assert fitted_until() == first  # less than a day of new data: the fit is kept
+    store.append(_fleet(900, offset=3 * 1440 + 600))
+    run_detection(store)
+    assert fitted_until() == START + timedelta(minutes=4 * 1440 + 60 - 1)
+    state = results_state(store, sid)
+    assert state.profile.members == ("streaming", "stl")
+    assert state.last_fit_us // 60_000_000 == (
+        START + timedelta(minutes=4 * 1440 + 59) - datetime(1970, 1, 1)
+    ) // timedelta(minutes=1)
+
+
+def results_state(store: Store, sid: int):
+    from ingest.results import load_states
+
+    return load_states(store, [sid])[sid].state
