@@ -50,6 +50,7 @@ class DetectConfig:
     batch: int = 500
     min_points: int = 30  # a series with fewer points waits for more before its first fit
     quantile: float = 0.99  # histogram KPI
+    quantile_min_observations: int = 0  # >0: the KPI quantile is over trailing intervals holding this many
     #: a metric of one service with more series than this (per-tenant usage, ...) is detected on its aggregate
     #: (the KPI); which tenants/models moved is the root-cause engine's dimension analysis, not a page each
     max_series_per_metric: int = 50
@@ -75,13 +76,19 @@ class DetectReport:
         return {**asdict(self), "points_per_second": round(self.points_per_second, 1)}
 
 
-def histogram_quantile_series(rows: pl.DataFrame, q: float, series_id: int) -> pl.DataFrame:
+def histogram_quantile_series(
+    rows: pl.DataFrame, q: float, series_id: int, *, min_observations: int = 0
+) -> pl.DataFrame:
     """The ``q`` quantile per timestamp of the interval distribution summed over the member histograms in
     ``rows`` (Prometheus ``histogram_quantile`` interpolation), as one POINTS series ``series_id``.
 
     Cumulative rows are differenced against the member's previous row (the first row of each member only
     serves as a base; a drop is a restart and counts the new row whole). Members whose bucket layout differs
     from the newest one are left out. Intervals with no observations give NaN.
+
+    With ``min_observations``, each point's quantile is taken over the trailing intervals that together hold
+    about that many observations (at most 15): the p99 of 60 requests is their maximum, pure noise, while the
+    p99 of the last ~400 is a latency KPI (causal: only the point's own and earlier intervals).
     """
     if rows.height == 0:
         return pl.DataFrame(schema=POINTS)
@@ -110,6 +117,12 @@ def histogram_quantile_series(rows: pl.DataFrame, q: float, series_id: int) -> p
     uniq, inv = np.unique(ts_all, return_inverse=True)
     inc = np.zeros((uniq.size, k))
     np.add.at(inc, inv, inc_all)
+    if min_observations:
+        per = float(np.median(inc.sum(axis=1))) if uniq.size else 0.0
+        span = int(np.clip(np.ceil(min_observations / per), 1, 15)) if per > 0 else 1
+        if span > 1:
+            cs = np.cumsum(inc, axis=0)
+            inc = cs - np.vstack([np.zeros((span, k)), cs[:-span]])
     total = inc.sum(axis=1)
     cum = np.cumsum(inc, axis=1)
     rank = q * total
@@ -311,7 +324,9 @@ def _read_points(
         if m["kind"] == "histogram":
             floor = v - HISTOGRAM_LOOKBACK if v is not None else None
             rows = results.points_since(store, dict.fromkeys(m["members"], floor), kind="histograms")
-            q = histogram_quantile_series(rows, config.quantile, s)
+            q = histogram_quantile_series(
+                rows, config.quantile, s, min_observations=config.quantile_min_observations
+            )
             frames.append(q.filter(pl.col("ts") > v) if v is not None else q)
         elif m["how"] != "series":
             frames.append(results.aggregate_points_since(store, s, m["members"], m["kind"], v))

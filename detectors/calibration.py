@@ -183,7 +183,9 @@ def exceedance_z(
         q50 = s.rolling_quantile(0.5, "linear", window, min_samples=1).to_numpy()
         q75 = s.rolling_quantile(0.75, "linear", window, min_samples=1).to_numpy()
         # each history point is capped by the bound of its own trailing window (causal)
-        bound = q50 + cap * np.maximum(q75 - q25, 0.5 * np.abs(q50) + min_scale)
+        # the IQR is floored at 1: raw scores are in robust-z units, and a sparse series (IQR 0) must not cap
+        # every non-zero value
+        bound = q50 + cap * np.maximum(q75 - q25, 1.0)
         s = pl.Series(np.minimum(x, bound))
     hist = s.to_numpy()
     u = s.rolling_quantile(q, "linear", window, min_samples=2).shift(1).to_numpy()

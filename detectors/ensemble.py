@@ -94,10 +94,11 @@ class EnsembleDetector(Detector):
         self.probe = probe
 
     def _members(self) -> tuple[StreamingDetector, StlResidualDetector]:
-        # fleet use: every anomalous point scores (no onset-only suppression), the alarm rule decides pages
-        return StreamingDetector(suppress=0, threshold=self.threshold), StlResidualDetector(
-            threshold=self.threshold
-        )
+        # fleet use: every anomalous point scores (no onset-only suppression), the alarm rule decides pages;
+        # a one-day calibration history (a bounded per-series tail) winsorised so that an earlier incident does
+        # not desensitise it
+        stream = StreamingDetector(suppress=0, long=1440, calibration_cap=200.0, threshold=self.threshold)
+        return stream, StlResidualDetector(threshold=self.threshold)
 
     def _profile(self, t: np.ndarray, y: np.ndarray) -> SeriesProfile:
         _, stl = self._members()
