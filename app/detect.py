@@ -20,6 +20,7 @@ gives the same incidents.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -50,6 +51,7 @@ class DetectConfig:
     batch: int = 500
     min_points: int = 30  # a series with fewer points waits for more before its first fit
     quantile: float = 0.99  # histogram KPI
+    workers: int | None = None  # scoring processes (None: one per core; 1: in this process)
     quantile_min_observations: int = 0  # >0: the KPI quantile is over trailing intervals holding this many
     #: a metric of one service with more series than this (per-tenant usage, ...) is detected on its aggregate
     #: (the KPI); which tenants/models moved is the root-cause engine's dimension analysis, not a page each
@@ -187,7 +189,12 @@ def run_detection(
     series_ids: list[int] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> DetectReport:
-    """One incremental detection pass over the store (see the module docstring)."""
+    """One incremental detection pass over the store (see the module docstring).
+
+    The process that owns the store reads each batch and writes its results; scoring runs in ``workers``
+    processes (default: one per core), with up to ``workers`` batches in flight. Results are applied in batch
+    order, so incidents come out the same as with one process.
+    """
     config = config or DetectConfig()
     started = time.perf_counter()
     report = DetectReport()
@@ -197,24 +204,15 @@ def run_detection(
     meta = _plan(store, catalog, config)
     now = datetime.now().replace(microsecond=0)
     incidents: dict[str, Incident] = {}
-    loaded = False
     ids = list(meta)
-    for b in range(0, len(ids), config.batch):
-        batch = ids[b : b + config.batch]
-        states = results.load_states(store, batch)
-        if not loaded:
-            newest = max((s.scored_until for s in states.values() if s.scored_until), default=None)
-            since = (newest or datetime(1970, 1, 1)) - config.policy.reopen_within - config.policy.merge_gap
-            incidents = {i.id: i for i in results.recent_incidents(store, since)}
-            loaded = True
-        since = {sid: (states[sid].scored_until if sid in states else None) for sid in batch}
-        frame = _read_points(store, since, meta, config)
+    batches = [ids[b : b + config.batch] for b in range(0, len(ids), config.batch)]
+    workers = config.workers if config.workers is not None else (os.cpu_count() or 1)
+    done = 0
 
-        def history(sids: list[int], until: datetime) -> pl.DataFrame:
-            start = until - config.history
-            return _read_points(store, dict.fromkeys(sids, start), meta, config).filter(pl.col("ts") <= until)
-
-        new_states, anomalies, episodes = _score_batch(frame, batch, meta, states, config, report, history)
+    def apply(batch: list[int], result: tuple[Any, pl.DataFrame, list[Episode], int]) -> None:
+        nonlocal done
+        new_states, anomalies, episodes, points = result
+        report.points += points
         changed = update_incidents(list(incidents.values()), episodes, config.policy)
         for inc in changed:
             before = incidents.get(inc.id)
@@ -234,11 +232,106 @@ def run_detection(
             now=now,
         )
         report.anomalies += anomalies.height
+        done += len(batch)
         if progress:
-            progress(min(b + config.batch, len(ids)), len(ids))
+            progress(done, len(ids))
+
+    jobs = (_prepare(store, batch, meta, config) for batch in batches)
+    first = True
+    if workers <= 1 or len(batches) <= 1:
+        for batch, job in zip(batches, jobs, strict=True):
+            if first:
+                incidents = _recent_incidents(store, job[3], config)
+                first = False
+            apply(batch, _score_job(*job))
+    else:
+        import multiprocessing as mp
+        from collections import deque
+        from concurrent.futures import ProcessPoolExecutor
+
+        # workers score one batch each with a single polars thread; the parent keeps reading and writing
+        old = os.environ.get("POLARS_MAX_THREADS")
+        os.environ["POLARS_MAX_THREADS"] = "1"
+        try:
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+                pending: deque[tuple[list[int], Any]] = deque()
+                for batch, job in zip(batches, jobs, strict=True):
+                    if first:
+                        incidents = _recent_incidents(store, job[3], config)
+                        first = False
+                    pending.append((batch, pool.submit(_score_job, *job)))
+                    while len(pending) > workers:
+                        b, fut = pending.popleft()
+                        apply(b, fut.result())
+                while pending:
+                    b, fut = pending.popleft()
+                    apply(b, fut.result())
+        finally:
+            if old is None:
+                os.environ.pop("POLARS_MAX_THREADS", None)
+            else:
+                os.environ["POLARS_MAX_THREADS"] = old
     report.series = len(ids)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _recent_incidents(
+    store: Store, states: dict[int, results.SeriesState], config: DetectConfig
+) -> dict[str, Incident]:
+    newest = max((s.scored_until for s in states.values() if s.scored_until), default=None)
+    since = (newest or datetime(1970, 1, 1)) - config.policy.reopen_within - config.policy.merge_gap
+    return {i.id: i for i in results.recent_incidents(store, since)}
+
+
+def _prepare(
+    store: Store, batch: list[int], meta: dict[int, dict[str, Any]], config: DetectConfig
+) -> tuple[
+    pl.DataFrame,
+    list[int],
+    dict[int, dict[str, Any]],
+    dict[int, results.SeriesState],
+    DetectConfig,
+    pl.DataFrame | None,
+]:
+    """Everything scoring a batch needs, read from the store: new points, states, history for refits."""
+    states = results.load_states(store, batch)
+    since = {sid: (states[sid].scored_until if sid in states else None) for sid in batch}
+    frame = _read_points(store, since, meta, config)
+    history = None
+    needs = getattr(make_detector(config.detector), "needs_refit", None)
+    if needs is not None and states and frame.height:
+        last = frame.group_by("series_id").agg(pl.col("ts").max())
+        last_us = {int(k): _epoch_us(v) for k, v in last.iter_rows()}
+        due = [s for s in batch if s in states and s in last_us and needs(states[s].state, last_us[s])]
+        if due:
+            until = last.filter(pl.col("series_id").is_in(due))["ts"].max()
+            history = _read_points(store, dict.fromkeys(due, until - config.history), meta, config)
+    return frame, batch, {s: meta[s] for s in batch}, states, config, history
+
+
+def _epoch_us(ts: datetime) -> int:
+    return (ts - datetime(1970, 1, 1)) // timedelta(microseconds=1)
+
+
+def _score_job(
+    frame: pl.DataFrame,
+    batch: list[int],
+    meta: dict[int, dict[str, Any]],
+    states: dict[int, results.SeriesState],
+    config: DetectConfig,
+    history_frame: pl.DataFrame | None,
+) -> tuple[dict[int, results.SeriesState], pl.DataFrame, list[Episode], int]:
+    """Score one batch (runs in a worker process): new states, anomalies, alarm episodes, points scored."""
+    report = DetectReport()
+
+    def history(sids: list[int], until: datetime) -> pl.DataFrame:
+        if history_frame is None:
+            return pl.DataFrame(schema=POINTS)
+        return history_frame.filter(pl.col("series_id").is_in(sids) & (pl.col("ts") <= until))
+
+    new_states, anomalies, episodes = _score_batch(frame, batch, meta, states, config, report, history)
+    return new_states, anomalies, episodes, report.points
 
 
 AGGREGATE_LABEL = "aggregate"

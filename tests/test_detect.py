@@ -293,3 +293,20 @@ def results_state(store: Store, sid: int):
     from ingest.results import load_states
 
     return load_states(store, [sid])[sid].state
+
+
+def test_parallel_scoring_gives_the_same_results_as_one_process(tmp_path: Path) -> None:
+    dbs = []
+    for name, workers in (("one", 1), ("two", 2)):
+        s = Store(tmp_path / f"{name}.duckdb")
+        s.append(_fleet(3 * 1440, shift_at=2 * 1440 + 600))
+        run_detection(s, DetectConfig(batch=3, workers=workers))
+        dbs.append(s)
+    one, two = (list_incidents(s) for s in dbs)
+    assert one == two and any(i["service"] == "rag-api" for i in one)
+    a, b = (
+        s.cursor().execute("SELECT series_id, ts, score FROM anomalies ORDER BY ALL").fetchall() for s in dbs
+    )
+    assert a == b and a
+    for s in dbs:
+        s.close()
