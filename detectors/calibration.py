@@ -160,10 +160,10 @@ def exceedance_z(
     Pareto family, which the mean-excess estimate fits). Below ``u`` the probability falls linearly from 1 to
     ``1 - q``. Returned as z; points with fewer than ``min_history`` earlier points score 0.
 
-    ``cap`` winsorises the *history* the tail is fitted on at ``median + cap * IQR`` of the trailing window
-    (robust to contamination below 25 %): without it, a two-hour incident earlier in the window lifts the
-    fitted tail so much that the next incident of the same size scores below the threshold — the calibration
-    learns that incidents are normal. New points are never capped, so they still score in full.
+    ``cap`` winsorises the *history* the tail is fitted on at ``cap`` (raw scores here are robust-z surprises,
+    so a cap of 200 is far beyond any routine value): without it, a two-hour incident earlier in the window
+    lifts the fitted tail so much that the next incident of the same size scores below the threshold — the
+    calibration learns that incidents are normal. New points are never capped, so they still score in full.
 
     Examples
     --------
@@ -179,14 +179,7 @@ def exceedance_z(
         return np.zeros(0)
     s = pl.Series(x)
     if cap is not None:
-        q25 = s.rolling_quantile(0.25, "linear", window, min_samples=1).to_numpy()
-        q50 = s.rolling_quantile(0.5, "linear", window, min_samples=1).to_numpy()
-        q75 = s.rolling_quantile(0.75, "linear", window, min_samples=1).to_numpy()
-        # each history point is capped by the bound of its own trailing window (causal)
-        # the IQR is floored at 1: raw scores are in robust-z units, and a sparse series (IQR 0) must not cap
-        # every non-zero value
-        bound = q50 + cap * np.maximum(q75 - q25, 1.0)
-        s = pl.Series(np.minimum(x, bound))
+        s = pl.Series(np.minimum(x, cap))
     hist = s.to_numpy()
     u = s.rolling_quantile(q, "linear", window, min_samples=2).shift(1).to_numpy()
     u = np.nan_to_num(u, nan=np.inf)

@@ -314,9 +314,7 @@ class StreamingDetector(Detector):
         raw = self.window + recent
         if "pattern" in self.channels:
             raw = max(raw, self.window + self.pattern_memory + self.pattern_width)
-        # a winsorised calibration history caps each raw value by the bound of its own trailing window
-        calib = 3 * self.long if self.calibration_cap is not None else 2 * self.long
-        return raw + calib + recent + self.suppress + 2
+        return raw + 2 * self.long + recent + self.suppress + 2
 
     def _fit_series(self, t: np.ndarray, y: np.ndarray) -> StreamState:
         return self._update_series(t, y, _empty_state())

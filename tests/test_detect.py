@@ -255,7 +255,7 @@ def test_demo_pipeline_runs_detection(tmp_path: Path) -> None:
     s.close()
 
 
-def test_seasonal_member_is_refitted_after_a_day_of_new_data(store: Store) -> None:
+def test_seasonal_member_is_refitted_after_two_days_of_new_data(store: Store) -> None:
     store.append(_fleet(3 * 1440))
     run_detection(store)
     sid = (
@@ -276,17 +276,16 @@ def test_seasonal_member_is_refitted_after_a_day_of_new_data(store: Store) -> No
 
     first = fitted_until()
     assert first == START + timedelta(minutes=3 * 1440 - 1)
-    store.append(_fleet(600, offset=3 * 1440))
+    store.append(_fleet(1500, offset=3 * 1440))
     run_detection(store)
-    assert fitted_until() == first  # less than a day of new data: the fit is kept
-    store.append(_fleet(900, offset=3 * 1440 + 600))
+    assert fitted_until() == first  # less than two days of new data: the fit is kept
+    store.append(_fleet(1500, offset=3 * 1440 + 1500))
     run_detection(store)
-    assert fitted_until() == START + timedelta(minutes=4 * 1440 + 60 - 1)
+    end = START + timedelta(minutes=3 * 1440 + 3000 - 1)
+    assert fitted_until() == end
     state = results_state(store, sid)
     assert state.profile.members == ("streaming", "stl")
-    assert state.last_fit_us // 60_000_000 == (
-        START + timedelta(minutes=4 * 1440 + 59) - datetime(1970, 1, 1)
-    ) // timedelta(minutes=1)
+    assert state.last_fit_us == (end - datetime(1970, 1, 1)) // timedelta(microseconds=1)
 
 
 def results_state(store: Store, sid: int):
