@@ -372,6 +372,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
         if args.loco:
             result["loco"] = eval_nab_loco(root, args.detector, json.loads(args.loco), workers=args.workers)
+    elif args.what == "forecast":
+        from detectors.m4 import evaluate_m4
+
+        root = Path(args.data) if args.data else _shared_data() / "M4"
+        if not (root / "Hourly-train.csv").exists():
+            raise CliError(f"{root}: M4 Hourly-train.csv not found")
+        names = [n.strip() for n in args.forecasters.split(",") if n.strip()]
+        result = evaluate_m4(root, names, limit=args.limit, progress=sys.stderr.isatty(), n_jobs=args.workers)
     elif args.what == "incidents":
         from app.evaluate import eval_incidents
 
@@ -388,7 +396,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out.write_text(json.dumps(result, indent=2, default=str))
 
     def human(r: dict[str, Any]) -> str:
-        if args.what == "nab":
+        if args.what == "forecast":
+            from detectors.m4 import format_table
+
+            lines = [format_table(r)]
+        elif args.what == "nab":
             lines = [f"NAB v1.1, detector {r['detector']}: {r['points']} points in {r['seconds']} s"]
             for name, p in r["profiles"].items():
                 lines.append(
@@ -413,6 +425,46 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return "\n".join(lines)
 
     emit(result, args.format, human)
+    return 0
+
+
+def cmd_forecast(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    from detectors.forecast_registry import FORECASTERS
+
+    if args.forecaster not in FORECASTERS:
+        raise CliError(f"unknown forecaster {args.forecaster!r}; registered: {', '.join(FORECASTERS)}")
+    if args.horizon < 1:
+        raise CliError(f"--horizon must be at least 1, got {args.horizon}")
+    if args.file:
+        from app.forecast import ForecastInputError, forecast_frame, read_long_csv
+
+        path = Path(args.file)
+        if not path.exists():
+            raise CliError(f"no such file: {path}")
+        try:
+            frame = read_long_csv(path)
+        except ForecastInputError as exc:
+            raise CliError(str(exc)) from exc
+        out = forecast_frame(frame, args.horizon, args.forecaster)
+        if args.format == "json":
+            print(
+                json.dumps(out.with_columns(pl.col("timestamp").dt.to_string("%Y-%m-%dT%H:%M:%S")).to_dicts())
+            )
+        elif args.format == "csv":
+            print(out.write_csv(datetime_format="%Y-%m-%dT%H:%M:%S"), end="")
+        else:
+            print(out)
+        return 0
+    from app.forecast import forecast_store
+
+    store = _open_store(args.db)
+    try:
+        report = forecast_store(store, horizon=args.horizon, step=args.step, forecaster=args.forecaster)
+    finally:
+        store.close()
+    emit(report, args.format, lambda d: "\n".join(f"{k}: {v}" for k, v in d.items()))
     return 0
 
 
@@ -539,16 +591,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=None, help="calibrated z threshold (default 5)")
     p.set_defaults(func=cmd_score)
 
-    p = sub.add_parser("eval", help="evaluations (NAB, simulated incidents); print figures and write JSON")
+    p = sub.add_parser(
+        "forecast", help="forecast a long CSV (series_id,timestamp,value) or the store's series"
+    )
+    _common(p)
+    p.add_argument("file", nargs="?", metavar="FILE.csv", help="long CSV; without it the store is forecast")
+    p.add_argument("--horizon", type=int, required=True, help="steps ahead")
+    p.add_argument("--forecaster", default="auto", help="registered forecaster (default: auto)")
+    p.add_argument(
+        "--step", type=parse_duration, default=timedelta(hours=1), help="store: resampling step (default 1h)"
+    )
+    p.set_defaults(func=cmd_forecast)
+
+    p = sub.add_parser(
+        "eval", help="evaluations (NAB, simulated incidents, M4); print figures and write JSON"
+    )
     _common(p, db=False)
-    p.add_argument("what", choices=("nab", "incidents"))
+    p.add_argument("what", choices=("nab", "incidents", "forecast"))
+    p.add_argument(
+        "--forecasters",
+        default="naive,mstl,ets,arima,prophet,auto",
+        help="forecast: comma-separated forecasters (default: all)",
+    )
+    p.add_argument("--limit", type=int, default=None, help="forecast: first N M4 series only")
     p.add_argument("--detector", default="streaming", help="nab: registered detector (default: streaming)")
     p.add_argument("--params", default=None, help="nab: detector parameters as JSON")
     p.add_argument(
         "--loco", default=None, help='nab: JSON grid {"param": [values]} for the leave-one-category-out check'
     )
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--data", default=None, help="nab: NAB folder; incidents: an existing simulator output")
+    p.add_argument("--data", default=None, help="nab: NAB folder; forecast: M4 folder; incidents: an existing simulator output")
     p.add_argument("--days", type=float, default=4.0, help="incidents: simulated days (default 4)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--scale", type=float, default=0.5)

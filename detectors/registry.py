@@ -13,6 +13,8 @@ DETECTORS: dict[str, str] = {
     "streaming": "detectors.streaming:StreamingDetector",
     "windowed-gaussian": "detectors.streaming:WindowedGaussianDetector",
     "stl": "detectors.seasonal:StlResidualDetector",
+    "ets-residual": "detectors.residual:EtsResidualDetector",
+    "prophet-residual": "detectors.residual:ProphetResidualDetector",
     "cusum": "detectors.changepoint:CusumDetector",
     "bocpd": "detectors.changepoint:BocpdDetector",
     "ratio": "detectors.rates:RatioDetector",

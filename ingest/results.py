@@ -343,3 +343,26 @@ def aggregate_points_since(
     cur.complete()
     df = cur.sql(sql, params=params).pl()
     return df.cast(pl.Schema(schema.POINTS)) if df.height else pl.DataFrame(schema=schema.POINTS)
+
+
+def write_forecasts(store: Store, frame: pl.DataFrame, *, created: datetime) -> int:
+    """Append forecasts (``series_id, ts, yhat, lo80, hi80, lo95, hi95, model``) made at ``created``; earlier
+    forecasts are kept, so a report can compare what was forecast with what happened."""
+    if frame.height == 0:
+        return 0
+    rows = frame.select(
+        pl.col("series_id").cast(pl.Int64),
+        pl.col("ts").cast(schema.TS),
+        "yhat",
+        "lo80",
+        "hi80",
+        "lo95",
+        "hi95",
+        "model",
+        pl.lit(created).cast(schema.TS).alias("created"),
+    ).to_arrow()
+    with store.write_transaction() as cur:
+        cur.register("rootwise_forecasts", rows)
+        cur.execute("INSERT INTO forecasts SELECT * FROM rootwise_forecasts")
+        cur.unregister("rootwise_forecasts")
+    return frame.height
