@@ -41,16 +41,20 @@ def _series_rows(ids: range) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=SERIES, orient="row")
 
 
-def _values(i: int, minutes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _values(i: int, n_build: int, end: int) -> np.ndarray:
+    """Series ``i`` for minutes ``0..end-1``; the same values whatever ``end`` (one generator per series), so
+    appended minutes continue what was built. A few series shift on the last build day."""
+    rng = np.random.default_rng(i)
+    minutes = np.arange(end)
     day = np.sin(2 * np.pi * (minutes % 1440) / 1440)
     base = 100 + 10 * (i % 7)
-    y = base * (1 + 0.3 * day) + rng.normal(0, 0.03 * base, minutes.size)
+    y = base * (1 + 0.3 * day) + rng.normal(0, 0.03 * base, end)
     if i % 3 == 2:  # queue depth: small integers, MAD often 0
         y = np.round(np.maximum(y / 40 - 2, 0))
+    if i % 97 == 5:  # an injected level shift on the last day of the build
+        y[n_build - 600 : n_build - 300] += 0.5 * base
     if i % 10 == 0:  # counter
         y = np.cumsum(np.maximum(y, 0))
-    if i % 97 == 5:  # an injected level shift on the last day
-        y[-600:-300] += 0.5 * base
     return y
 
 
@@ -62,12 +66,11 @@ def build_fleet(db: Path, *, series: int, days: float, chunk: int = 250) -> dict
     store = Store(db)
     started = time.perf_counter()
     total = 0
-    rng = np.random.default_rng(0)
     for a in range(0, series, chunk):
         ids = range(a, min(a + chunk, series))
         srows = _series_rows(ids)
         sids = srows["series_id"].to_numpy()
-        vals = np.concatenate([_values(i, minutes, rng) for i in ids])
+        vals = np.concatenate([_values(i, n, n) for i in ids])
         points = pl.DataFrame(
             {"series_id": np.repeat(sids, n), "ts": np.tile(ts, len(ids)), "value": vals}, schema=POINTS
         )
@@ -84,11 +87,7 @@ def append_minutes(db: Path, *, series: int, days: float, minutes: int) -> int:
     ts = (np.datetime64(START, "us") + mins.astype("timedelta64[m]")).astype("datetime64[us]")
     srows = _series_rows(range(series))
     sids = srows["series_id"].to_numpy()
-    rng = np.random.default_rng(1)
-    vals = np.concatenate([100 + rng.normal(0, 3, minutes) for _ in range(series)])
-    # counters continue from a large value so they stay monotone
-    is_counter = np.repeat(np.arange(series) % 10 == 0, minutes)
-    vals = np.where(is_counter, 1e9 + np.tile(np.arange(minutes), series) * 100.0, vals)
+    vals = np.concatenate([_values(i, n0, n0 + minutes)[n0:] for i in range(series)])
     store = Store(db)
     points = pl.DataFrame(
         {"series_id": np.repeat(sids, minutes), "ts": np.tile(ts, series), "value": vals}, schema=POINTS
