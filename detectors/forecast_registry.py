@@ -12,8 +12,9 @@ Examples
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
+
+from detectors.registry import UnknownNameError, importable, load_class
 
 FORECASTERS: dict[str, str] = {
     "naive": "detectors.forecast_naive:SeasonalNaive",
@@ -27,23 +28,13 @@ FORECASTERS: dict[str, str] = {
 DEFAULT = "auto"
 
 
-class UnknownForecasterError(KeyError):
+class UnknownForecasterError(UnknownNameError):
     """A forecaster name that is not registered."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 def forecaster_class(name: str) -> type:
     """The class registered under ``name`` (imports its module now)."""
-    try:
-        target = FORECASTERS[name]
-    except KeyError:
-        raise UnknownForecasterError(
-            f"unknown forecaster {name!r}; registered: {', '.join(sorted(FORECASTERS))}"
-        ) from None
-    module, _, cls = target.partition(":")
-    return getattr(importlib.import_module(module), cls)
+    return load_class(FORECASTERS, name, "forecaster", UnknownForecasterError)
 
 
 def make_forecaster(name: str = DEFAULT, **params: Any) -> Any:
@@ -53,11 +44,4 @@ def make_forecaster(name: str = DEFAULT, **params: Any) -> Any:
 
 def available() -> list[str]:
     """Registered names whose module imports (a missing optional dependency hides its forecaster)."""
-    names = []
-    for name in FORECASTERS:
-        try:
-            forecaster_class(name)
-        except (ImportError, AttributeError):
-            continue
-        names.append(name)
-    return names
+    return importable(FORECASTERS, "forecaster")

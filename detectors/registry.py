@@ -26,23 +26,42 @@ DETECTORS: dict[str, str] = {
 DEFAULT = "ensemble"
 
 
-class UnknownDetectorError(KeyError):
-    """A detector name that is not registered."""
+class UnknownNameError(KeyError):
+    """A name that is not registered (the message lists the registered ones)."""
 
     def __str__(self) -> str:
         return str(self.args[0])
 
 
-def detector_class(name: str) -> type:
-    """The class registered under ``name`` (imports its module now)."""
+class UnknownDetectorError(UnknownNameError):
+    """A detector name that is not registered."""
+
+
+def load_class(table: dict[str, str], name: str, kind: str, error: type[UnknownNameError]) -> type:
+    """The class ``table[name]`` names as ``"module:Class"``, imported now; ``error`` if ``name`` is unknown."""
     try:
-        target = DETECTORS[name]
+        target = table[name]
     except KeyError:
-        raise UnknownDetectorError(
-            f"unknown detector {name!r}; registered: {', '.join(sorted(DETECTORS))}"
-        ) from None
+        raise error(f"unknown {kind} {name!r}; registered: {', '.join(sorted(table))}") from None
     module, _, cls = target.partition(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def importable(table: dict[str, str], kind: str) -> list[str]:
+    """Registered names whose module imports (a missing optional dependency hides its entries)."""
+    names = []
+    for name in table:
+        try:
+            load_class(table, name, kind, UnknownNameError)
+        except (ImportError, AttributeError):
+            continue
+        names.append(name)
+    return names
+
+
+def detector_class(name: str) -> type:
+    """The class registered under ``name`` (imports its module now)."""
+    return load_class(DETECTORS, name, "detector", UnknownDetectorError)
 
 
 def make_detector(name: str = DEFAULT, **params: Any) -> Any:
@@ -52,11 +71,4 @@ def make_detector(name: str = DEFAULT, **params: Any) -> Any:
 
 def available() -> list[str]:
     """Registered names whose module imports (a missing optional dependency hides its detectors)."""
-    names = []
-    for name in DETECTORS:
-        try:
-            detector_class(name)
-        except (ImportError, AttributeError):
-            continue
-        names.append(name)
-    return names
+    return importable(DETECTORS, "detector")
