@@ -142,6 +142,38 @@ def histogram_quantile_series(
     return frame.cast(pl.Schema(POINTS))
 
 
+def histogram_mean_series(rows: pl.DataFrame, series_id: int) -> pl.DataFrame:
+    """Per-timestamp mean of the observations summed over the member histograms (``Δsum / Δcount`` for
+    cumulative rows, a restart counting the new row whole), as one POINTS series ``series_id``."""
+    if rows.height == 0:
+        return pl.DataFrame(schema=POINTS)
+    inc = (
+        rows.sort("series_id", "ts")
+        .with_columns(
+            dc=pl.when(pl.col("cumulative"))
+            .then(pl.col("count") - pl.col("count").shift(1).over("series_id"))
+            .otherwise(pl.col("count")),
+            ds=pl.when(pl.col("cumulative"))
+            .then(pl.col("sum") - pl.col("sum").shift(1).over("series_id"))
+            .otherwise(pl.col("sum")),
+        )
+        .with_columns(
+            dc=pl.when(pl.col("dc") < 0).then(pl.col("count")).otherwise(pl.col("dc")),
+            ds=pl.when(pl.col("dc") < 0).then(pl.col("sum")).otherwise(pl.col("ds")),
+        )
+        .filter(pl.col("dc").is_not_null())
+        .group_by("ts")
+        .agg(pl.col("dc").sum(), pl.col("ds").sum())
+        .sort("ts")
+    )
+    out = inc.select(
+        pl.lit(series_id, dtype=pl.Int64).alias("series_id"),
+        "ts",
+        pl.when(pl.col("dc") > 0).then(pl.col("ds") / pl.col("dc")).otherwise(None).alias("value"),
+    )
+    return out.cast(pl.Schema(POINTS))
+
+
 def _episodes(
     sid: int, meta: dict[str, Any], ts: np.ndarray, score: np.ndarray, rule: AlarmRule, state: AlarmState
 ) -> tuple[list[Episode], AlarmState, np.ndarray]:
@@ -335,6 +367,7 @@ def _score_job(
 
 
 AGGREGATE_LABEL = "aggregate"
+HISTOGRAM_STAT_LABEL = "stat"
 #: resource labels that change with every deploy or restart: a series that differs only in these is the same
 #: logical series (stitched), so a new version is scored against the old one's history — a bad deploy must
 #: not hide behind a fresh series id
@@ -361,7 +394,7 @@ def _plan(store: Store, catalog: pl.DataFrame, config: DetectConfig) -> dict[int
     logical: dict[tuple[str, str, str, tuple[tuple[str, str], ...]], list[int]] = {}
     for r in catalog.iter_rows(named=True):
         labels = {e["key"]: e["value"] for e in (r["labels"] or [])}
-        if AGGREGATE_LABEL in labels:
+        if AGGREGATE_LABEL in labels or HISTOGRAM_STAT_LABEL in labels:
             continue  # registered by an earlier run of detection itself
         stable = tuple(sorted((k, v) for k, v in labels.items() if k not in VOLATILE_LABELS))
         logical.setdefault((r["service"], r["metric"], r["kind"], stable), []).append(int(r["series_id"]))
@@ -389,6 +422,20 @@ def _plan(store: Store, catalog: pl.DataFrame, config: DetectConfig) -> dict[int
             "labels": labels,
             "members": sorted(ids),
         }
+        if kind == "histogram":
+            # the distribution's mean is a second KPI: a shift of the whole distribution (prediction-score drift,
+            # token lengths) moves the mean while the p99 may stay in its bucket
+            mean_labels = {**labels, HISTOGRAM_STAT_LABEL: "mean"}
+            mid = series_id(metric, service, mean_labels)
+            derived.append((mid, metric, service, "derived", "", mean_labels))
+            meta[mid] = {
+                "service": service,
+                "metric": metric,
+                "kind": kind,
+                "how": "mean",
+                "labels": mean_labels,
+                "members": sorted(ids),
+            }
     for (service, metric, kind), ids in sorted(groups.items()):
         labels = {AGGREGATE_LABEL: "mean" if kind == "gauge" else "sum"}
         sid = series_id(metric, service, labels)
@@ -417,9 +464,12 @@ def _read_points(
         if m["kind"] == "histogram":
             floor = v - HISTOGRAM_LOOKBACK if v is not None else None
             rows = results.points_since(store, dict.fromkeys(m["members"], floor), kind="histograms")
-            q = histogram_quantile_series(
-                rows, config.quantile, s, min_observations=config.quantile_min_observations
-            )
+            if m["how"] == "mean":
+                q = histogram_mean_series(rows, s)
+            else:
+                q = histogram_quantile_series(
+                    rows, config.quantile, s, min_observations=config.quantile_min_observations
+                )
             frames.append(q.filter(pl.col("ts") > v) if v is not None else q)
         elif m["how"] != "series":
             frames.append(results.aggregate_points_since(store, s, m["members"], m["kind"], v))

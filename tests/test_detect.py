@@ -309,3 +309,68 @@ def test_parallel_scoring_gives_the_same_results_as_one_process(tmp_path: Path) 
     assert a == b and a
     for s in dbs:
         s.close()
+
+
+def test_histogram_mean_kpi_sums_members_and_handles_restarts() -> None:
+    from app.detect import histogram_mean_series
+
+    t = [START + timedelta(minutes=i) for i in range(3)]
+
+    def rows(sid: int, count: list[float], total: list[float]) -> pl.DataFrame:
+        return pl.DataFrame(
+            {
+                "series_id": [sid] * 3,
+                "ts": t,
+                "count": count,
+                "sum": total,
+                "min": [None] * 3,
+                "max": [None] * 3,
+                "bounds": [[1.0]] * 3,
+                "counts": [[0.0, 0.0]] * 3,
+                "cumulative": [True] * 3,
+            },
+            schema=HISTOGRAMS,
+        )
+
+    # member 1: +10 observations summing 5.0, then a restart (count drops) with 4 observations summing 8.0
+    # member 2: +30 observations summing 45.0, then none
+    m = histogram_mean_series(
+        pl.concat([rows(1, [100, 110, 4], [50, 55, 8]), rows(2, [0, 30, 30], [0, 45, 45])]), 9
+    )
+    assert m["ts"].to_list() == t[1:] and m["series_id"].to_list() == [9, 9]
+    assert m["value"].to_list() == [(5.0 + 45.0) / 40, 8.0 / 4]
+
+
+def test_prediction_score_shift_is_caught_by_the_histogram_mean_kpi(store: Store) -> None:
+    """A drift of the whole score distribution inside the same buckets' range: the mean KPI pages."""
+    minutes = 2 * 1440 + 240
+    bounds = [0.1 * k for k in range(1, 10)]
+    rng = np.random.default_rng(4)
+    labels = {"instance": "predictor-0"}
+    sid = series_id("prediction.score", "predictor", labels)
+    cum = np.zeros(len(bounds) + 1)
+    total = count = 0.0
+    recs = []
+    for i in range(minutes):
+        a, b = (2.0, 5.0) if i < 2 * 1440 + 120 else (3.5, 4.0)  # mean 0.29 -> 0.47
+        x = rng.beta(a, b, 200)
+        cum += np.bincount(np.searchsorted(bounds, x), minlength=len(bounds) + 1)
+        total += x.sum()
+        count += x.size
+        recs.append((sid, START + timedelta(minutes=i), count, total, None, None, bounds, cum.tolist(), True))
+    series = pl.DataFrame(
+        [(sid, "prediction.score", "predictor", "histogram", "", labels_list(labels))],
+        schema=SERIES,
+        orient="row",
+    )
+    store.append(
+        TelemetryBatch(series=series, histograms=pl.DataFrame(recs, schema=HISTOGRAMS, orient="row"))
+    )
+    run_detection(store)
+    (inc,) = [i for i in list_incidents(store) if i["service"] == "predictor"]
+    assert inc["labels"].get("stat") == "mean" or any(
+        dict((e["key"], e["value"]) for e in ls).get("stat") == "mean"
+        for ls in incident_series(store, inc["id"])["labels"]
+    )
+    onset = START + timedelta(minutes=2 * 1440 + 120)
+    assert onset <= datetime.fromisoformat(inc["start"]) <= onset + timedelta(minutes=10)
