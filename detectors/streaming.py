@@ -55,7 +55,12 @@ from detectors.calibration import Z_MAX, anomaly_likelihood, exceedance_z, tail_
 
 @dataclass(frozen=True)
 class StreamState:
-    """Tail of the stream needed to continue exactly: values, times and the running resolution."""
+    """Tail of the stream needed to continue exactly: values and the running resolution per point; ``seen`` is
+    the number of points consumed so far (warm-up counts from the start of the stream, not of the tail).
+
+    Pickled compactly (``rootwise detect`` stores one per series): the running resolution is a non-increasing
+    step function, kept as run lengths; ``t`` is not needed to continue and is not stored.
+    """
 
     t: np.ndarray
     y: np.ndarray
@@ -64,9 +69,23 @@ class StreamState:
 
     @property
     def resolution(self) -> float:
-        return (
-            float(self.res[-1]) if self.res.size else np.inf
-        )  # points consumed so far (warm-up counts from the start of the stream, not of the tail)
+        return float(self.res[-1]) if self.res.size else np.inf
+
+    def __getstate__(self) -> dict[str, object]:
+        res = np.asarray(self.res, dtype=np.float64)
+        if res.size:
+            change = np.r_[True, res[1:] != res[:-1]]
+            values, starts = res[change], np.flatnonzero(change)
+            lengths = np.diff(np.r_[starts, res.size])
+        else:
+            values, lengths = res, np.zeros(0, np.int64)
+        return {"y": self.y, "res_values": values, "res_lengths": lengths, "seen": self.seen}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        object.__setattr__(self, "t", np.zeros(0, np.int64))
+        object.__setattr__(self, "y", state["y"])
+        object.__setattr__(self, "res", np.repeat(state["res_values"], state["res_lengths"]))  # type: ignore[call-overload]
+        object.__setattr__(self, "seen", state["seen"])
 
 
 def _empty_state() -> StreamState:
