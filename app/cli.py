@@ -179,11 +179,20 @@ def cmd_retention(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "forecast":
+        from app.bench_forecast import bench_forecast
+
+        out = Path(args.out if args.out != "bench-results/ingest.json" else "bench-results/forecast.json")
+        results = bench_forecast(series=args.series or 1000, days=int(args.days or 90), out=out)
+        emit(results, args.format, lambda r: r["summary"])
+        return 0
     if args.what == "detect":
         from app.bench_detect import bench_detect
 
         out = Path(args.out if args.out != "bench-results/ingest.json" else "bench-results/detect.json")
-        results = bench_detect(series=args.series, days=args.days, out=out, nab_root=_shared_data() / "NAB")
+        results = bench_detect(
+            series=args.series or 10_000, days=args.days or 7.0, out=out, nab_root=_shared_data() / "NAB"
+        )
         emit(results, args.format, lambda r: r["summary"])
         return 0
     from app.bench import bench_ingest
@@ -550,11 +559,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks; print figures and write JSON")
     _common(p, db=False)
-    p.add_argument("what", choices=("ingest", "detect"))
+    p.add_argument("what", choices=("ingest", "detect", "forecast"))
     p.add_argument(
-        "--series", type=int, default=10_000, help="detect: series in the fleet store (default 10,000)"
+        "--series",
+        type=int,
+        default=None,
+        help="detect: fleet series (default 10,000); forecast: series (default 1,000)",
     )
-    p.add_argument("--days", type=float, default=7.0, help="detect: days at 1-minute resolution (default 7)")
+    p.add_argument(
+        "--days",
+        type=float,
+        default=None,
+        help="detect: days at 1-minute resolution (default 7); forecast: days of hourly history (default 90)",
+    )
     p.add_argument("--points", type=int, default=20_000_000, help="points per measured path (default 20M)")
     p.add_argument(
         "--big-points",
@@ -620,7 +637,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--loco", default=None, help='nab: JSON grid {"param": [values]} for the leave-one-category-out check'
     )
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--data", default=None, help="nab: NAB folder; forecast: M4 folder; incidents: an existing simulator output")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="nab: NAB folder; forecast: M4 folder; incidents: an existing simulator output",
+    )
     p.add_argument("--days", type=float, default=4.0, help="incidents: simulated days (default 4)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--scale", type=float, default=0.5)

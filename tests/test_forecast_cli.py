@@ -110,3 +110,12 @@ def test_eval_forecast_on_an_m4_sample(tmp_path: Path, shared_data: Path) -> Non
     r = json.loads(out.read_text())
     assert r["series"] == 12 and set(r["forecasters"]) == {"naive", "auto"}
     assert r["forecasters"]["auto"]["mase"] < r["forecasters"]["naive"]["mase"]
+
+
+def test_bench_forecast_small(tmp_path: Path) -> None:
+    out = tmp_path / "bf.json"
+    p = _run("bench", "forecast", "--series", "4", "--days", "21", "--out", str(out), "--format", "json")
+    assert p.returncode == 0, p.stderr
+    r = json.loads(out.read_text())
+    assert r["default"]["series"] == 4 and r["default"]["rows"] == 4 * 14 * 24
+    assert set(r["families"]) == {"naive", "mstl", "ets", "arima", "prophet", "auto"}
