@@ -264,70 +264,19 @@ def cmd_incidents(args: argparse.Namespace) -> int:
     return 0
 
 
-_TIME_FORMATS = (
-    "%Y-%m-%d %H:%M:%S",
-    "%Y-%m-%dT%H:%M:%S",
-    "%Y-%m-%d %H:%M:%S%.f",
-    "%Y-%m-%dT%H:%M:%S%.f",
-    "%Y-%m-%dT%H:%M:%S%#z",
-    "%Y-%m-%dT%H:%M:%S%.f%#z",
-    "%Y-%m-%d %H:%M",
-    "%Y-%m-%dT%H:%M",
-    "%Y-%m-%d",
-)
-
-
-def _parse_times(text: Any) -> Any:
-    """ISO 8601 timestamps (with or without ``T``, fractions, ``Z``/offsets → UTC) or epoch seconds; null where
-    nothing parses."""
-    import polars as pl
-
-    if text.str.contains(r"^\d+(\.\d+)?$").all():
-        return (text.cast(pl.Float64) * 1e6).cast(pl.Int64).cast(pl.Datetime("us"))
-    parsed = []
-    for fmt in _TIME_FORMATS:
-        s = text.str.to_datetime(format=fmt, strict=False, time_unit="us")
-        if isinstance(s.dtype, pl.Datetime) and s.dtype.time_zone is not None:
-            s = s.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
-        parsed.append(s.cast(pl.Datetime("us")))
-    return pl.select(pl.coalesce(parsed)).to_series()
-
-
-def _read_score_csv(path: Path) -> Any:
-    """The ``timestamp,value`` CSV of ``rootwise score``, with errors naming the file, line and column."""
-    import polars as pl
-
-    if not path.exists():
-        raise CliError(f"no such file: {path}")
-    try:
-        raw = pl.read_csv(path, infer_schema=False)
-    except Exception as exc:  # polars raises several types for unreadable CSV
-        raise CliError(f"{path}: not a readable CSV ({exc})") from exc
-    missing = [c for c in ("timestamp", "value") if c not in raw.columns]
-    if missing:
-        raise CliError(f"{path}: missing column(s) {', '.join(missing)}; expected a header 'timestamp,value'")
-    ts = _parse_times(raw["timestamp"].str.strip_chars())
-    bad_ts = ts.is_null() & raw["timestamp"].is_not_null()
-    values = raw["value"].str.strip_chars().cast(pl.Float64, strict=False)
-    bad_v = values.is_null() & raw["value"].is_not_null() & (raw["value"].str.strip_chars() != "")
-    for name, bad in (("timestamp", bad_ts | raw["timestamp"].is_null()), ("value", bad_v)):
-        if bad.any():
-            row = int(bad.arg_true()[0])
-            raise CliError(
-                f"{path}, line {row + 2}: column {name!r}: cannot parse {raw[name][row]!r} "
-                f"(expected {'an ISO 8601 time' if name == 'timestamp' else 'a number'})"
-            )
-    return raw, ts, values
-
-
 def cmd_score(args: argparse.Namespace) -> int:
     import numpy as np
     import polars as pl
 
     from detectors.base import Threshold
     from detectors.registry import UnknownDetectorError, make_detector
+    from ingest.csvtable import CsvInputError, read_csv_table
 
-    raw, ts, values = _read_score_csv(Path(args.file))
+    try:
+        raw, cols = read_csv_table(Path(args.file), {"timestamp": "time", "value": "number"})
+    except CsvInputError as exc:
+        raise CliError(str(exc)) from exc
+    ts, values = cols["timestamp"], cols["value"]
     params: dict[str, Any] = {}
     if args.threshold is not None:
         params["threshold"] = Threshold(args.threshold)
@@ -447,14 +396,12 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     if args.horizon < 1:
         raise CliError(f"--horizon must be at least 1, got {args.horizon}")
     if args.file:
-        from app.forecast import ForecastInputError, forecast_frame, read_long_csv
+        from app.forecast import forecast_frame, read_long_csv
+        from ingest.csvtable import CsvInputError
 
-        path = Path(args.file)
-        if not path.exists():
-            raise CliError(f"no such file: {path}")
         try:
-            frame = read_long_csv(path)
-        except ForecastInputError as exc:
+            frame = read_long_csv(Path(args.file))
+        except CsvInputError as exc:
             raise CliError(str(exc)) from exc
         out = forecast_frame(frame, args.horizon, args.forecaster)
         if args.format == "json":

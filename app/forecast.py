@@ -21,41 +21,15 @@ from ingest.schema import TS
 OUTPUT_COLUMNS = ("series_id", "timestamp", "yhat", "lo80", "hi80", "lo95", "hi95", "model")
 
 
-class ForecastInputError(ValueError):
-    """A forecast input file that cannot be used; the message names the file, line and column."""
-
-
 def read_long_csv(path: Path) -> pl.DataFrame:
-    """``series_id,timestamp,value`` → a frame ``series_id (Utf8), ts, value`` with errors naming line/column."""
-    from app.cli import _parse_times
+    """``series_id,timestamp,value`` → a frame ``series_id (Utf8), ts, value``; bad input raises
+    :class:`ingest.csvtable.CsvInputError` naming the file, line and column."""
+    from ingest.csvtable import read_csv_table
 
-    try:
-        raw = pl.read_csv(path, infer_schema=False)
-    except Exception as exc:  # polars raises several types for unreadable CSV
-        raise ForecastInputError(f"{path}: not a readable CSV ({exc})") from exc
-    missing = [c for c in ("series_id", "timestamp", "value") if c not in raw.columns]
-    if missing:
-        raise ForecastInputError(
-            f"{path}: missing column(s) {', '.join(missing)}; expected a header 'series_id,timestamp,value'"
-        )
-    ts = _parse_times(raw["timestamp"].str.strip_chars())
-    values = raw["value"].str.strip_chars().cast(pl.Float64, strict=False)
-    checks = (
-        ("series_id", raw["series_id"].is_null(), "a series id"),
-        ("timestamp", ts.is_null(), "an ISO 8601 time"),
-        (
-            "value",
-            values.is_null() & raw["value"].is_not_null() & (raw["value"].str.strip_chars() != ""),
-            "a number",
-        ),
+    _, cols = read_csv_table(path, {"series_id": "id", "timestamp": "time", "value": "number"})
+    return pl.DataFrame(
+        {"series_id": cols["series_id"], "ts": cols["timestamp"].cast(TS), "value": cols["value"]}
     )
-    for name, bad, expected in checks:
-        if bad.any():
-            row = int(bad.arg_true()[0])
-            raise ForecastInputError(
-                f"{path}, line {row + 2}: column {name!r}: cannot parse {raw[name][row]!r} (expected {expected})"
-            )
-    return pl.DataFrame({"series_id": raw["series_id"], "ts": ts.cast(TS), "value": values})
 
 
 def forecast_frame(frame: pl.DataFrame, horizon: int, forecaster: str = "auto") -> pl.DataFrame:
