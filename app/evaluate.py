@@ -89,6 +89,7 @@ def eval_nab(
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """NAB figures of one detector: score per profile, per category, threshold, event metrics, speed."""
+    from detectors.calibration import Z_MAX
     from detectors.nab import event_metrics, load_corpus, load_profiles, score_corpus
 
     corpus = load_corpus(root)
@@ -101,7 +102,7 @@ def eval_nab(
         r = result[name]
         out["profiles"][name] = {
             "score": round(r.score, 3),
-            "threshold_z": round(r.threshold * 37.0, 3),
+            "threshold_z": round(r.threshold * Z_MAX, 3),  # the inverse of to_nab_scale
             "detected_windows": r.detected_windows,
             "windows": r.windows,
             "categories": {
