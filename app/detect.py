@@ -5,7 +5,8 @@ state in ``detector_state``; a run reads only points after the watermark, scores
 advances it and commits anomalies, incidents and states of a batch of series in one transaction. A series
 seen for the first time is scored causally over its history (the detector's ``score_online``: every point
 only against earlier ones), so the first run over a store finds the incidents already in it. Batch members
-(the seasonal baseline) are refitted on the last ``history`` of data once their fit is older than a day.
+(the seasonal baseline) are refitted on the last ``history`` of data once their fit is older than the
+detector's refit interval (two days for the ensemble).
 
 What is scored per series kind:
 
@@ -330,10 +331,13 @@ def _prepare(
     states = results.load_states(store, batch)
     since = {sid: (states[sid].scored_until if sid in states else None) for sid in batch}
     frame = _read_points(store, since, meta, config)
+    # the one place that decides which batch members are refitted (their fit is older than the detector's
+    # refit interval at the newest scored point); the worker refits exactly the series read here
     history = None
     needs = getattr(make_detector(config.detector), "needs_refit", None)
-    if needs is not None and states and frame.height:
-        last = frame.group_by("series_id").agg(pl.col("ts").max())
+    scored = frame.filter(pl.col("value").is_not_null())
+    if needs is not None and states and scored.height:
+        last = scored.group_by("series_id").agg(pl.col("ts").max())
         last_us = {int(k): _epoch_us(v) for k, v in last.iter_rows()}
         due = [s for s in batch if s in states and s in last_us and needs(states[s].state, last_us[s])]
         if due:
@@ -352,17 +356,11 @@ def _score_job(
     meta: dict[int, dict[str, Any]],
     states: dict[int, results.SeriesState],
     config: DetectConfig,
-    history_frame: pl.DataFrame | None,
+    refit_history: pl.DataFrame | None,
 ) -> tuple[dict[int, results.SeriesState], pl.DataFrame, list[Episode], int]:
     """Score one batch (runs in a worker process): new states, anomalies, alarm episodes, points scored."""
     report = DetectReport()
-
-    def history(sids: list[int], until: datetime) -> pl.DataFrame:
-        if history_frame is None:
-            return pl.DataFrame(schema=POINTS)
-        return history_frame.filter(pl.col("series_id").is_in(sids) & (pl.col("ts") <= until))
-
-    new_states, anomalies, episodes = _score_batch(frame, batch, meta, states, config, report, history)
+    new_states, anomalies, episodes = _score_batch(frame, batch, meta, states, config, report, refit_history)
     return new_states, anomalies, episodes, report.points
 
 
@@ -484,7 +482,7 @@ def _score_batch(
     states: dict[int, results.SeriesState],
     config: DetectConfig,
     report: DetectReport,
-    history: Callable[[list[int], datetime], pl.DataFrame],
+    refit_history: pl.DataFrame | None,
 ) -> tuple[dict[int, results.SeriesState], pl.DataFrame, list[Episode]]:
     frame = frame.filter(pl.col("value").is_not_null())
     counts = dict(frame.group_by("series_id").len().iter_rows())
@@ -506,13 +504,12 @@ def _score_batch(
         scored.append(det.score(f))
         det.update(f)
         fitted.update(det.states_)
-        # batch members (the seasonal baseline) are refitted on recent history once their fit is a day old
-        needs = getattr(det, "needs_refit", None)
-        last_us = dict(f.group_by("series_id").agg(pl.col("ts").max().dt.epoch("us")).iter_rows())
-        due = [s for s in known if needs is not None and needs(det.states_[s], last_us[s])]
-        if due:
-            until = _dt(f["ts"].max())
-            refit = make_detector(config.detector).fit(history(due, until))
+        # batch members (the seasonal baseline) due for a refit (decided by _prepare) are refitted on the
+        # recent history it read for them
+        have = set() if refit_history is None else set(refit_history["series_id"].to_list())
+        due = [s for s in known if s in have]
+        if refit_history is not None and due:
+            refit = make_detector(config.detector).fit(refit_history.filter(pl.col("series_id").is_in(due)))
             for s in due:
                 if s in refit.states_:
                     fitted[s] = refit.states_[s]
