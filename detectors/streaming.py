@@ -145,21 +145,6 @@ def robust_surprise(
     return np.nan_to_num(z, nan=0.0), med, scale
 
 
-def suppress_repeats(z: np.ndarray, span: int) -> np.ndarray:
-    """Keep a score only where it beats every score of the previous ``span`` points (else clip it to 0).
-
-    An anomaly is reported once, at its onset, whatever the threshold; a stronger one inside the span is still
-    reported. Causal.
-
-    Examples
-    --------
-    >>> suppress_repeats(np.array([0, 5, 6, 5, 0, 0, 7.0]), 3).tolist()
-    [0.0, 5.0, 6.0, 0.0, 0.0, 0.0, 7.0]
-    """
-    prev = pl.Series(z).rolling_max(span, min_samples=1).shift(1).fill_null(-np.inf).to_numpy()
-    return np.where(z > prev, z, np.minimum(z, 0.0))
-
-
 def suppress_after_alarm(z: np.ndarray, span: int, alarm_z: float) -> np.ndarray:
     """Clip a score to at most 0 when any of the previous ``span`` scores reached ``alarm_z`` (causal).
 
