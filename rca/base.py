@@ -1,0 +1,276 @@
+"""The contract every root-cause analyser follows (STYLE.md rule 4).
+
+An analyser is a function or object with ``explain(incident, view) -> RcaResult``:
+
+* ``incident`` (:class:`RcaIncident`) says what is abnormal: the KPI (service, metric, labels) and the
+  time window (``onset`` … ``end``); the analyser compares the window against the ``baseline`` before it.
+* ``view`` (:class:`View`) is read-only access to telemetry as polars frames with the columns of
+  :mod:`ingest.schema`. :class:`FrameView` holds frames in memory (tests, benchmark data sets); the store
+  view in :mod:`ingest` implements the same methods over DuckDB with the aggregation pushed down.
+* The result is a list of typed :class:`Candidate` causes, ranked by ``score`` (higher = more likely the
+  root cause), each with the evidence that supports it and one plain-English sentence.
+
+``rca`` never imports duckdb; it never sees ground-truth labels (benchmark adapters keep them apart).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+import polars as pl
+
+from ingest import schema
+
+#: candidate kinds, as in DESIGN.md's ``rootwise rca`` output
+KINDS = ("change", "dimension", "service", "metric", "log")
+
+
+@dataclass(frozen=True)
+class RcaIncident:
+    """What to explain: a KPI and when it went wrong.
+
+    Parameters
+    ----------
+    service, metric
+        The KPI's service and metric (``metric`` may be ``None`` when only the service is known).
+    onset, end
+        The abnormal window ``[onset, end)``.
+    labels
+        Label pairs that scope the KPI (e.g. ``{"region": "us-east"}``); empty means the whole service.
+    baseline
+        How far before ``onset`` the normal reference window reaches.
+    id
+        The stored incident's id, when there is one.
+
+    Examples
+    --------
+    >>> inc = RcaIncident("rag-api", "latency_p99", datetime(2026, 1, 1, 2, 41), datetime(2026, 1, 1, 3, 0))
+    >>> inc.baseline_start
+    datetime.datetime(2026, 1, 1, 1, 41)
+    """
+
+    service: str
+    metric: str | None
+    onset: datetime
+    end: datetime
+    labels: dict[str, str] = field(default_factory=dict)
+    baseline: timedelta = timedelta(hours=1)
+    id: str | None = None
+
+    @property
+    def baseline_start(self) -> datetime:
+        return self.onset - self.baseline
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One possible root cause.
+
+    ``kind`` is one of :data:`KINDS`; ``labels`` locates it (the dimension combination, the metric's labels,
+    the log template, ...); ``event_id`` is set for changes; ``evidence`` is JSON-ready detail (numbers,
+    times, template text) and ``explanation`` one sentence for a person.
+    """
+
+    kind: str
+    service: str | None
+    score: float
+    explanation: str
+    metric: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    event_id: str | None = None
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"candidate kind {self.kind!r} is not one of {', '.join(KINDS)}")
+
+
+@dataclass(frozen=True)
+class RcaResult:
+    """Ranked candidates of one analyser (or of the combination), plus notes such as "no change found"."""
+
+    analyser: str
+    candidates: tuple[Candidate, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    def ranked(self) -> list[Candidate]:
+        """Candidates by descending score; ties broken by kind, service, metric, labels (deterministic)."""
+        return sorted(
+            self.candidates,
+            key=lambda c: (-c.score, c.kind, c.service or "", c.metric or "", sorted(c.labels.items())),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The DESIGN.md shape: ``{"causes": [{rank, kind, service, metric, labels, event_id, score, evidence}]}``."""
+        causes = [
+            {
+                "rank": i + 1,
+                "kind": c.kind,
+                "service": c.service,
+                "metric": c.metric,
+                "labels": dict(c.labels),
+                "event_id": c.event_id,
+                "score": round(float(c.score), 6),
+                "evidence": {**c.evidence, "explanation": c.explanation},
+            }
+            for i, c in enumerate(self.ranked())
+        ]
+        return {"causes": causes, "notes": list(self.notes)}
+
+
+class Analyser(Protocol):
+    """Anything with ``explain(incident, view) -> RcaResult``."""
+
+    def explain(self, incident: RcaIncident, view: View) -> RcaResult: ...
+
+
+class View(Protocol):
+    """Read-only telemetry for RCA; every method returns frames with :mod:`ingest.schema` columns.
+
+    Time bounds are half-open ``[start, end)``; ``None`` means unbounded.
+    """
+
+    def series(self, metric: str | None = None, service: str | None = None) -> pl.DataFrame:
+        """Series catalog rows (:data:`ingest.schema.SERIES`)."""
+        ...
+
+    def points(
+        self, series_ids: Sequence[int] | None, start: datetime | None, end: datetime | None
+    ) -> pl.DataFrame:
+        """Points (:data:`ingest.schema.POINTS`) of the given series (``None``: all) as stored; counters are
+        cumulative (use :func:`increments`)."""
+        ...
+
+    def events(self, start: datetime | None, end: datetime | None) -> pl.DataFrame:
+        """Change events (:data:`ingest.schema.EVENTS`)."""
+        ...
+
+    def spans(self, start: datetime | None, end: datetime | None) -> pl.DataFrame:
+        """Spans (:data:`ingest.schema.SPANS`)."""
+        ...
+
+    def logs(self, start: datetime | None, end: datetime | None) -> pl.DataFrame:
+        """Log records (:data:`ingest.schema.LOGS`)."""
+        ...
+
+    def edges(self) -> pl.DataFrame:
+        """Declared topology edges (:data:`ingest.schema.EDGES`)."""
+        ...
+
+
+def _typed(frame: pl.DataFrame | None, columns: dict[str, pl.DataType]) -> pl.DataFrame:
+    if frame is None:
+        return schema.empty(columns)
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        frame = frame.with_columns([pl.lit(None, dtype=columns[c]).alias(c) for c in missing])
+    return frame.select([pl.col(c).cast(t) for c, t in columns.items()])
+
+
+def _between(frame: pl.DataFrame, col: str, start: datetime | None, end: datetime | None) -> pl.DataFrame:
+    if start is not None:
+        frame = frame.filter(pl.col(col) >= start)
+    if end is not None:
+        frame = frame.filter(pl.col(col) < end)
+    return frame
+
+
+class FrameView:
+    """A :class:`View` over in-memory polars frames (missing frames are empty; missing columns are null).
+
+    Examples
+    --------
+    >>> s = pl.DataFrame({"series_id": [1], "metric": ["cpu"], "service": ["carts"], "kind": ["gauge"]})
+    >>> p = pl.DataFrame({"series_id": [1, 1], "ts": [datetime(2026, 1, 1), datetime(2026, 1, 2)], "value": [1.0, 2.0]})
+    >>> view = FrameView(series=s, points=p)
+    >>> view.points([1], datetime(2026, 1, 2), None)["value"].to_list()
+    [2.0]
+    >>> view.series(service="carts")["labels"].to_list()
+    [[]]
+    """
+
+    def __init__(
+        self,
+        *,
+        series: pl.DataFrame | None = None,
+        points: pl.DataFrame | None = None,
+        events: pl.DataFrame | None = None,
+        spans: pl.DataFrame | None = None,
+        logs: pl.DataFrame | None = None,
+        edges: pl.DataFrame | None = None,
+    ) -> None:
+        s = _typed(series, schema.SERIES)
+        self._series = s.with_columns(pl.col("labels").fill_null(pl.lit([], dtype=schema.LABELS)))
+        self._points = _typed(points, schema.POINTS).sort("series_id", "ts")
+        self._events = _typed(events, schema.EVENTS).sort("ts")
+        self._spans = _typed(spans, schema.SPANS).sort("start")
+        self._logs = _typed(logs, schema.LOGS).sort("ts")
+        self._edges = _typed(edges, schema.EDGES)
+
+    def series(self, metric: str | None = None, service: str | None = None) -> pl.DataFrame:
+        out = self._series
+        if metric is not None:
+            out = out.filter(pl.col("metric") == metric)
+        if service is not None:
+            out = out.filter(pl.col("service") == service)
+        return out
+
+    def points(
+        self, series_ids: Sequence[int] | None, start: datetime | None, end: datetime | None
+    ) -> pl.DataFrame:
+        out = self._points
+        if series_ids is not None:
+            out = out.filter(pl.col("series_id").is_in(list(series_ids)))
+        return _between(out, "ts", start, end)
+
+    def events(self, start: datetime | None, end: datetime | None) -> pl.DataFrame:
+        return _between(self._events, "ts", start, end)
+
+    def spans(self, start: datetime | None, end: datetime | None) -> pl.DataFrame:
+        return _between(self._spans, "start", start, end)
+
+    def logs(self, start: datetime | None, end: datetime | None) -> pl.DataFrame:
+        return _between(self._logs, "ts", start, end)
+
+    def edges(self) -> pl.DataFrame:
+        return self._edges
+
+
+def labels_dict(entries: Any) -> dict[str, str]:
+    """A series' labels (polars list of ``{key, value}`` structs, or a dict) as a plain dict.
+
+    Examples
+    --------
+    >>> labels_dict([{"key": "tenant", "value": "t1"}])
+    {'tenant': 't1'}
+    """
+    if entries is None:
+        return {}
+    if isinstance(entries, dict):
+        return {str(k): str(v) for k, v in entries.items()}
+    return {e["key"]: e["value"] for e in entries}
+
+
+def increments(points: pl.DataFrame, series: pl.DataFrame) -> pl.DataFrame:
+    """Points with cumulative counters turned into per-interval increases (a drop is a reset: the new value
+    is the increase), other kinds unchanged; the first point of each counter is dropped.
+
+    Examples
+    --------
+    >>> s = pl.DataFrame({"series_id": [1], "kind": ["counter"]})
+    >>> p = pl.DataFrame({"series_id": [1, 1, 1], "ts": [1, 2, 3], "value": [5.0, 7.0, 1.0]})
+    >>> increments(p, s)["value"].to_list()
+    [2.0, 1.0]
+    """
+    kinds = series.select("series_id", "kind")
+    joined = points.join(kinds, on="series_id", how="left")
+    prev = pl.col("value").shift(1).over("series_id")
+    inc = pl.when(pl.col("value") >= prev).then(pl.col("value") - prev).otherwise(pl.col("value"))
+    out = joined.sort("series_id", "ts").with_columns(
+        pl.when(pl.col("kind") == "counter").then(inc).otherwise(pl.col("value")).alias("value"),
+        (pl.col("kind") == "counter").and_(prev.is_null()).alias("_first"),
+    )
+    return out.filter(~pl.col("_first")).select(points.columns)
