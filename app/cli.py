@@ -13,6 +13,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -424,6 +425,40 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from app.capacity import CapacityConfigError, settings_from_config
+    from app.config import ConfigError, load_config
+    from app.report import ReportError, report_capacity
+
+    try:
+        settings = settings_from_config(load_config(args.config).extra)
+    except (ConfigError, CapacityConfigError) as exc:
+        raise CliError(str(exc)) from exc
+    if args.horizon is not None:
+        if args.horizon < 1:
+            raise CliError(f"--horizon must be at least 1 day, got {args.horizon}")
+        settings = replace(settings, horizon_days=args.horizon)
+    out = Path(args.out)
+    store = _open_store(args.db)
+    try:
+        summary = report_capacity(store, settings, out, record=not args.no_record)
+    except (ReportError, ValueError) as exc:
+        raise CliError(str(exc)) from exc
+    finally:
+        store.close()
+
+    def human(d: dict[str, Any]) -> str:
+        lines = [f"wrote {d['out']} ({d['bytes']:,} bytes)", d["bottom_line"]]
+        for r in d["resources"]:
+            lines.append(
+                f"  {r['name']:36} P50 {(r['p50'] or '-')[:10]:10}  P90 {(r['p90'] or '-')[:10]:10}  {r['action']}"
+            )
+        return "\n".join(lines)
+
+    emit(summary, args.format, human)
+    return 0
+
+
 def _shared_data() -> Path:
     return Path(
         os.environ.get("ROOTWISE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
@@ -566,6 +601,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--step", type=parse_duration, default=timedelta(hours=1), help="store: resampling step (default 1h)"
     )
     p.set_defaults(func=cmd_forecast)
+
+    p = sub.add_parser("report", help="the leadership capacity report (HTML or PDF)")
+    _common(p)
+    p.add_argument("what", choices=("capacity",))
+    p.add_argument(
+        "--out", required=True, metavar="FILE.html|FILE.pdf", help="report file; the suffix picks the format"
+    )
+    p.add_argument(
+        "--config", default=None, help="rootwise.toml with a [capacity] table (limits, budgets, scenarios)"
+    )
+    p.add_argument(
+        "--horizon", type=int, default=None, help="days ahead (default: capacity.horizon_days or 90)"
+    )
+    p.add_argument(
+        "--no-record", action="store_true", help="do not store this report's forecasts for the next report"
+    )
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser(
         "eval", help="evaluations (NAB, simulated incidents, M4); print figures and write JSON"

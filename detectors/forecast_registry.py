@@ -23,6 +23,7 @@ FORECASTERS: dict[str, str] = {
     "arima": "detectors.forecast_arima:ArimaForecaster",
     "prophet": "detectors.forecast_prophet:ProphetForecaster",
     "auto": "detectors.forecast_auto:AutoForecaster",
+    "trend": "detectors.forecast_trend:TrendForecaster",
 }
 
 DEFAULT = "auto"

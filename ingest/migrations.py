@@ -141,4 +141,18 @@ MIGRATIONS += (
     ),
 )
 
+MIGRATIONS += (
+    Migration(
+        6,
+        "capacity reports: each report's daily demand forecasts per resource, to score them against what happened",
+        """
+        CREATE TABLE capacity_forecasts (
+            report_id VARCHAR NOT NULL, created TIMESTAMP NOT NULL, resource VARCHAR NOT NULL, unit VARCHAR,
+            ts TIMESTAMP NOT NULL, yhat DOUBLE, lo80 DOUBLE, hi80 DOUBLE, lo95 DOUBLE, hi95 DOUBLE, model VARCHAR,
+            PRIMARY KEY (report_id, resource, ts)
+        );
+        """,
+    ),
+)
+
 LATEST = MIGRATIONS[-1].version

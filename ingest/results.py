@@ -366,3 +366,39 @@ def write_forecasts(store: Store, frame: pl.DataFrame, *, created: datetime) -> 
         cur.execute("INSERT INTO forecasts SELECT * FROM rootwise_forecasts")
         cur.unregister("rootwise_forecasts")
     return frame.height
+
+
+def write_capacity_forecasts(store: Store, frame: pl.DataFrame, *, report_id: str, created: datetime) -> int:
+    """Record a capacity report's daily forecasts (``resource, unit, ts, yhat, lo80, hi80, lo95, hi95, model``)
+    so the next report can score them against what happened; re-writing a report id replaces it."""
+    if frame.height == 0:
+        return 0
+    rows = frame.select(
+        pl.lit(report_id).alias("report_id"),
+        pl.lit(created).cast(schema.TS).alias("created"),
+        pl.col("resource").cast(pl.Utf8),
+        pl.col("unit").cast(pl.Utf8),
+        pl.col("ts").cast(schema.TS),
+        *[pl.col(c).cast(pl.Float64) for c in ("yhat", "lo80", "hi80", "lo95", "hi95")],
+        pl.col("model").cast(pl.Utf8),
+    ).to_arrow()
+    with store.write_transaction() as cur:
+        cur.execute("DELETE FROM capacity_forecasts WHERE report_id = $id", {"id": report_id})
+        cur.register("rootwise_capacity", rows)
+        cur.execute("INSERT INTO capacity_forecasts SELECT * FROM rootwise_capacity")
+        cur.unregister("rootwise_capacity")
+    return frame.height
+
+
+def previous_capacity_forecasts(store: Store, before: datetime) -> pl.DataFrame:
+    """The daily forecasts of the latest capacity report created before ``before`` (empty when none)."""
+    sql = """
+        SELECT report_id, created, resource, unit, ts, yhat, lo80, hi80, lo95, hi95, model
+        FROM capacity_forecasts
+        WHERE report_id = (
+            SELECT report_id FROM capacity_forecasts WHERE created < $before ORDER BY created DESC LIMIT 1
+        )
+        ORDER BY resource, ts
+    """
+    cur = store.cursor()
+    return cur.sql(sql, params={"before": before}).pl()

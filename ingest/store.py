@@ -132,6 +132,7 @@ class Store:
 
     def __init__(self, path: str | Path = "rootwise.duckdb", *, read_only: bool = False) -> None:
         self.path = str(path)
+        self._closed = False
         self.read_only = read_only
         if self.path != ":memory:" and not read_only:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -168,7 +169,10 @@ class Store:
         return cur
 
     def close(self) -> None:
-        """Checkpoint and close the file."""
+        """Checkpoint and close the file (closing twice is a no-op)."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             if not self.read_only:
                 self._conn.execute("CHECKPOINT")
@@ -286,6 +290,7 @@ class Store:
             "alert_outbox",
             "detector_state",
             "incident_series",
+            "capacity_forecasts",
         }
         if table not in known:
             raise StoreError(f"unknown table {table!r}; expected one of {sorted(known)}")
