@@ -402,3 +402,45 @@ def previous_capacity_forecasts(store: Store, before: datetime) -> pl.DataFrame:
     """
     cur = store.cursor()
     return cur.sql(sql, params={"before": before}).pl()
+
+
+def get_incident(store: Store, incident_id: str) -> dict[str, Any] | None:
+    """One incident as :func:`list_incidents` shows it, or ``None`` when the id is unknown."""
+    cur = store.cursor()
+    cur.complete()
+    row = cur.execute(
+        'SELECT id, service, metric, map_entries(labels), start, "end", severity, status, causes, peak '
+        "FROM incidents WHERE id = $id",
+        {"id": incident_id},
+    ).fetchone()
+    if row is None:
+        return None
+    return {
+        "id": row[0],
+        "service": row[1],
+        "metric": row[2],
+        "labels": _labels(row[3]),
+        "start": row[4],
+        "end": row[5],
+        "severity": row[6],
+        "status": row[7],
+        "causes": json.loads(row[8]) if row[8] else [],
+        "peak": row[9],
+    }
+
+
+def incidents_without_causes(store: Store, since: datetime | None = None) -> list[str]:
+    """Ids of incidents that have no stored RCA yet (newest first), optionally only those ending after ``since``."""
+    cur = store.cursor()
+    cur.complete()
+    sql = 'SELECT id FROM incidents WHERE causes IS NULL AND ("end" >= $since OR $since IS NULL) ORDER BY start DESC'
+    return [r[0] for r in cur.execute(sql, {"since": since}).fetchall()]
+
+
+def save_causes(store: Store, incident_id: str, causes: list[dict[str, Any]]) -> None:
+    """Store an incident's ranked causes (the ``causes`` list of ``rootwise rca``'s JSON)."""
+    with store.write_transaction() as cur:
+        cur.execute(
+            "UPDATE incidents SET causes = $causes WHERE id = $id",
+            {"causes": json.dumps(causes, default=str), "id": incident_id},
+        )

@@ -1,0 +1,87 @@
+"""The RCA view over the store: :class:`rca.base.View` implemented with DuckDB queries.
+
+Analysers ask for a time window of one or a few metrics; the filtering (series, window) runs in DuckDB and
+only the needed points come back as Arrow. Every value is a bound parameter. Spans and logs are capped per
+call (``span_limit``, ``log_limit``) so a busy window cannot exhaust memory: RCA needs the shape of the
+traffic, not every span of a 100k-request minute.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import polars as pl
+
+from ingest import queries as q
+from ingest import schema
+from ingest.store import Store
+
+
+class StoreView:
+    """Read-only telemetry of a :class:`ingest.store.Store` for the RCA analysers.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from ingest.batch import MetricBuilder
+    >>> store = Store(pathlib.Path(tempfile.mkdtemp()) / "v.duckdb")
+    >>> b = MetricBuilder("doc")
+    >>> sid = b.series("cpu", "carts", "gauge", "1", {"region": "eu"})
+    >>> b.point(sid, 1_700_000_000_000_000_000, 0.5, "p1")
+    True
+    >>> _ = store.append(b.build())
+    >>> view = StoreView(store)
+    >>> view.series(metric="cpu")["service"].to_list(), view.points(None, None, None)["value"].to_list()
+    (['carts'], [0.5])
+    >>> view.series(metric="no-such-metric").height
+    0
+    >>> store.close()
+    """
+
+    def __init__(self, store: Store, *, span_limit: int = 200_000, log_limit: int = 200_000) -> None:
+        self.store = store
+        self.span_limit = span_limit
+        self.log_limit = log_limit
+
+    def series(self, metric: str | None = None, service: str | None = None) -> pl.DataFrame:
+        try:
+            return q.find_series(self.store, metric=metric, service=service)
+        except q.QueryError:  # unknown metric or service: nothing to analyse, not an error for RCA
+            return schema.empty(schema.SERIES)
+
+    def points(
+        self, series_ids: Sequence[int] | None, start: datetime | None, end: datetime | None
+    ) -> pl.DataFrame:
+        conds, params = ["TRUE"], {}
+        if series_ids is not None:
+            if len(series_ids) == 0:
+                return schema.empty(schema.POINTS)
+            conds.append("series_id IN (SELECT unnest($ids::BIGINT[]))")
+            params["ids"] = [int(i) for i in series_ids]
+        if start is not None:
+            conds.append("ts >= $start")
+            params["start"] = start
+        if end is not None:
+            conds.append("ts < $end")
+            params["end"] = end
+        sql = f"SELECT series_id, ts, value FROM points WHERE {' AND '.join(conds)} ORDER BY series_id, ts"
+        cur = self.store.cursor()
+        cur.complete()
+        df = cur.sql(sql, params=params or None).pl()
+        return df.cast(pl.Schema(schema.POINTS)) if df.height else schema.empty(schema.POINTS)
+
+    def events(self, start: datetime | None, end: datetime | None) -> pl.DataFrame:
+        return q.events(self.store, start, end)
+
+    def spans(self, start: datetime | None, end: datetime | None) -> pl.DataFrame:
+        return q.spans(self.store, start, end, limit=self.span_limit)
+
+    def logs(self, start: datetime | None, end: datetime | None) -> pl.DataFrame:
+        return q.logs(self.store, start, end, limit=self.log_limit)
+
+    def edges(self) -> pl.DataFrame:
+        cur = self.store.cursor()
+        cur.complete()
+        df = cur.sql("SELECT source, target, origin, ts FROM topology_edges").pl()
+        return df.cast(pl.Schema(schema.EDGES)) if df.height else schema.empty(schema.EDGES)
