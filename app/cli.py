@@ -265,6 +265,65 @@ def cmd_incidents(args: argparse.Namespace) -> int:
     return 0
 
 
+def _timestamp(text: str, flag: str) -> Any:
+    from datetime import UTC, datetime
+
+    try:
+        ts = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise CliError(
+            f"{flag}: expected an ISO 8601 time such as 2026-11-01T02:41:00Z, got {text!r}"
+        ) from exc
+    return ts.astimezone(UTC).replace(tzinfo=None) if ts.tzinfo else ts
+
+
+def cmd_rca(args: argparse.Namespace) -> int:
+    from ingest.rca_view import StoreView
+    from ingest.results import get_incident, save_causes
+    from rca.base import RcaIncident
+    from rca.combine import explain_incident, incident_from_record
+
+    by_window = [args.service, args.metric, args.start, args.end]
+    if args.incident and any(by_window):
+        raise CliError("give either --incident ID or --service/--metric/--start/--end, not both")
+    if not args.incident and not all(by_window):
+        raise CliError("give --incident ID, or all of --service S --metric M --start T --end T")
+    store = _open_store(args.db, read_only=not args.incident or args.no_store)
+    try:
+        if args.incident:
+            record = get_incident(store, args.incident)
+            if record is None:
+                raise CliError(
+                    f"no incident {args.incident!r} in {args.db}; list them with rootwise incidents"
+                )
+            incident = incident_from_record(record)
+        else:
+            start, end = _timestamp(args.start, "--start"), _timestamp(args.end, "--end")
+            if end <= start:
+                raise CliError(f"--end ({args.end}) must be after --start ({args.start})")
+            incident = RcaIncident(service=args.service, metric=args.metric, onset=start, end=end)
+        result = explain_incident(incident, StoreView(store))
+        out = result.to_json()
+        if args.incident and not args.no_store:
+            save_causes(store, args.incident, out["causes"])
+    finally:
+        store.close()
+
+    def human(d: dict[str, Any]) -> str:
+        lines = [
+            f"root causes of {incident.service} {incident.metric or ''} from {incident.onset:%Y-%m-%d %H:%M}:"
+        ]
+        for c in d["causes"]:
+            lines.append(
+                f"{c['rank']:>3}. [{c['kind']}] {c['evidence']['explanation']}  (score {c['score']:.2f})"
+            )
+        lines.extend(f"     note: {n}" for n in d["notes"])
+        return "\n".join(lines)
+
+    emit(out, args.format, human)
+    return 0
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     import numpy as np
     import polars as pl
@@ -349,12 +408,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
             data=Path(args.data) if args.data else None,
             progress=sys.stderr.isatty(),
         )
-    else:  # argparse restricts choices; forecast comes with the forecasting issue
+    elif args.what == "rca":
+        from app.rca_eval.suite import DATASETS, eval_rca
+
+        names = tuple(n.strip() for n in args.datasets.split(",") if n.strip())
+        bad = [n for n in names if n not in DATASETS]
+        if bad:
+            raise CliError(f"unknown RCA data set {bad[0]!r}; choose from {', '.join(DATASETS)}")
+        try:
+            seeds = tuple(int(x) for x in args.seeds.split(",") if x.strip())
+        except ValueError as exc:
+            raise CliError(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from exc
+        root = Path(args.data) if args.data else _shared_data()
+        result = eval_rca(names, root, limit=args.limit, seeds=seeds, days=args.days)
+    else:  # argparse restricts choices
         raise CliError(f"unknown evaluation {args.what!r}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str))
 
     def human(r: dict[str, Any]) -> str:
+        if args.what == "rca":
+            from app.rca_eval.suite import format_rca
+
+            return format_rca(r)
         if args.what == "forecast":
             from detectors.m4 import format_table
 
@@ -602,6 +678,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_forecast)
 
+    p = sub.add_parser("rca", help="rank the root causes of an incident, or of a KPI over a time window")
+    _common(p)
+    p.add_argument("--incident", default=None, help="a stored incident id (see rootwise incidents)")
+    p.add_argument("--service", default=None)
+    p.add_argument("--metric", default=None)
+    p.add_argument("--start", default=None, help="onset, ISO 8601 (UTC unless an offset is given)")
+    p.add_argument("--end", default=None, help="end of the abnormal window, ISO 8601")
+    p.add_argument("--no-store", action="store_true", help="--incident: do not store the causes with it")
+    p.set_defaults(func=cmd_rca)
+
     p = sub.add_parser("report", help="the leadership capacity report (HTML or PDF)")
     _common(p)
     p.add_argument("what", choices=("capacity",))
@@ -623,7 +709,13 @@ def build_parser() -> argparse.ArgumentParser:
         "eval", help="evaluations (NAB, simulated incidents, M4); print figures and write JSON"
     )
     _common(p, db=False)
-    p.add_argument("what", choices=("nab", "incidents", "forecast"))
+    p.add_argument("what", choices=("nab", "incidents", "forecast", "rca"))
+    p.add_argument(
+        "--datasets",
+        default="sockshop,riskloc,squeeze,nezha,simulator",
+        help="rca: comma-separated benchmarks (sockshop, riskloc, squeeze, nezha, simulator)",
+    )
+    p.add_argument("--seeds", default="1,2,3", help="rca simulator: comma-separated seeds")
     p.add_argument(
         "--forecasters",
         default="naive,mstl,ets,arima,prophet,auto",

@@ -114,11 +114,29 @@ class RcaResult:
                 "labels": dict(c.labels),
                 "event_id": c.event_id,
                 "score": round(float(c.score), 6),
-                "evidence": {**c.evidence, "explanation": c.explanation},
+                "evidence": _rounded({**c.evidence, "explanation": c.explanation}),
             }
             for i, c in enumerate(self.ranked())
         ]
         return {"causes": causes, "notes": list(self.notes)}
+
+
+def _rounded(value: Any) -> Any:
+    """Floats to 9 significant digits, recursively: parallel float sums differ in the last bits from run to run,
+    and the same incident must give the same JSON.
+
+    Examples
+    --------
+    >>> _rounded({"a": [0.009884198807653491, 2], "b": "x"})
+    {'a': [0.00988419881, 2], 'b': 'x'}
+    """
+    if isinstance(value, float):
+        return float(f"{value:.9g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_rounded(v) for v in value]
+    return value
 
 
 class Analyser(Protocol):
