@@ -10,8 +10,8 @@ Method
 * **Demand** is the daily peak of the hourly rate: decode tokens/s per model and region (vLLM
   ``generation_tokens_total``), requests/s per service, concurrent requests per model, and cost per day per
   tenant and model. Capacity is sized for the busiest hour of each day, so the daily peak is what must fit.
-* **Forecast**: a growth curve per series (linear or exponential, chosen on a hold-out week) with day-of-week
-  effects; P50 is the point forecast and P90 the upper bound of the calibrated 80 % interval (its 90th
+* **Forecast**: a growth curve per series (robust fits of a linear and an exponential curve, averaged with BIC
+  weights because four weeks rarely tell them apart) with day-of-week effects; P50 is the point forecast and P90 the upper bound of the calibrated 80 % interval (its 90th
   percentile).
 * **Supply** of one replica (one GPU node serving a model) is learned from telemetry: the decode tokens/s at
   which the latency SLO (``latency_metric`` quantile ≤ ``latency_slo_ms``) starts failing, when the data

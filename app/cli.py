@@ -236,9 +236,14 @@ def cmd_detect(args: argparse.Namespace) -> int:
             DetectConfig(detector=args.detector),
             progress=_progress_bar("detecting") if args.progress else None,
         )
+        out = report.to_dict()
+        if not args.no_rca:
+            from app.explain import explain_new_incidents
+
+            out["rca"] = explain_new_incidents(store)
     finally:
         store.close()
-    emit(report.to_dict(), args.format, lambda d: "\n".join(f"{k}: {v}" for k, v in d.items()))
+    emit(out, args.format, lambda d: "\n".join(f"{k}: {v}" for k, v in d.items()))
     return 0
 
 
@@ -390,6 +395,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
         if args.loco:
             result["loco"] = eval_nab_loco(root, args.detector, json.loads(args.loco), workers=args.workers)
+    elif args.what == "forecast" and (
+        args.data == "servegen" or (args.data and list(Path(args.data).glob("derived/aggregate_rate_*.csv")))
+    ):
+        from detectors.servegen import evaluate_servegen
+
+        root = _shared_data() / "servegen" if args.data == "servegen" else Path(args.data)
+        names = [n.strip() for n in args.forecasters.split(",") if n.strip()]
+        result = evaluate_servegen(root, names, n_jobs=args.workers)
+    elif args.what == "capacity":
+        from app.eval_capacity import eval_capacity
+
+        result = eval_capacity(runs=args.runs, history_days=args.history_days, seed=args.seed)
     elif args.what == "forecast":
         from detectors.m4 import evaluate_m4
 
@@ -431,6 +448,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
             from app.rca_eval.suite import format_rca
 
             return format_rca(r)
+        if args.what == "forecast" and "horizons" in r:
+            from detectors.servegen import format_servegen_table
+
+            return format_servegen_table(r)
+        if args.what == "capacity":
+            from app.eval_capacity import format_capacity_eval
+
+            return format_capacity_eval(r)
         if args.what == "forecast":
             from detectors.m4 import format_table
 
@@ -646,6 +671,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--detector", default="ensemble", help="registered detector (default: ensemble)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument(
+        "--no-rca", action="store_true", help="do not explain new incidents (rootwise rca does it later)"
+    )
     p.set_defaults(func=cmd_detect)
 
     p = sub.add_parser("incidents", help="list incidents")
@@ -709,7 +737,9 @@ def build_parser() -> argparse.ArgumentParser:
         "eval", help="evaluations (NAB, simulated incidents, M4); print figures and write JSON"
     )
     _common(p, db=False)
-    p.add_argument("what", choices=("nab", "incidents", "forecast", "rca"))
+    p.add_argument("what", choices=("nab", "incidents", "forecast", "rca", "capacity"))
+    p.add_argument("--runs", type=int, default=200, help="capacity: simulated growth scenarios (default 200)")
+    p.add_argument("--history-days", type=int, default=28, help="capacity: days of history per scenario")
     p.add_argument(
         "--datasets",
         default="sockshop,riskloc,squeeze,nezha,simulator",
@@ -731,7 +761,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--data",
         default=None,
-        help="nab: NAB folder; forecast: M4 folder; incidents: an existing simulator output",
+        help="nab: NAB folder; forecast: M4 folder, or servegen (the ServeGen folder); "
+        "incidents: an existing simulator output",
     )
     p.add_argument("--days", type=float, default=4.0, help="incidents: simulated days (default 4)")
     p.add_argument("--seed", type=int, default=1)

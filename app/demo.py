@@ -58,8 +58,11 @@ def run_demo(
         from ingest.results import list_incidents
 
         detection = run_detection(store)
-        incidents = list_incidents(store)
         t_detect = time.perf_counter() - t2
+        from app.explain import explain_new_incidents
+
+        rca = explain_new_incidents(store)
+        incidents = list_incidents(store)
     finally:
         store.close()
     t_ingest = t2 - t1
@@ -76,9 +79,14 @@ def run_demo(
             "pages": sum(i["severity"] == "page" for i in incidents),
             "open": sum(i["status"] != "resolved" for i in incidents),
         },
-        "seconds": {"simulate": round(t_sim, 2), "ingest": round(t_ingest, 2), "detect": round(t_detect, 2)},
-        # RCA and alerting are added to the pipeline by their own issues (5, 6)
-        "pipeline": ["simulate", "ingest", "detect"],
+        "seconds": {
+            "simulate": round(t_sim, 2),
+            "ingest": round(t_ingest, 2),
+            "detect": round(t_detect, 2),
+            "rca": rca["seconds"],
+        },
+        # alerting is added to the pipeline by its own issue (6)
+        "pipeline": ["simulate", "ingest", "detect", "rca"],
     }
     if fmt == "json":
         print(json.dumps(summary, indent=2, default=str))
@@ -89,10 +97,13 @@ def run_demo(
             f"{counts['histograms']:,} histogram points, {counts['spans']:,} spans, {counts['logs']:,} logs, "
             f"{counts['events']:,} change events ({report.rejected:,} rejected) in {t_sim + t_ingest:.1f} s; "
             f"detection scored {detection.points:,} points in {t_detect:.1f} s: {len(incidents)} incidents, "
-            f"{len(pages)} pages"
+            f"{len(pages)} pages; root causes of {rca['explained']} incidents in {rca['seconds']:.1f} s"
         )
         for inc in pages[:10]:
             console.print(f"    {inc['start'][:16]}  {inc['service']:14} {inc['metric']}  ({inc['id']})")
+            if inc["causes"]:
+                top = inc["causes"][0]
+                console.print(f"        likely cause: {top['evidence'].get('explanation', '')}", markup=False)
     if not report.ok:
         console.print("[red]some telemetry could not be ingested; see above and the ingest_rejects table[/]")
         return 1

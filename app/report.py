@@ -328,7 +328,7 @@ def render_html(plan: CapacityPlan, *, static: bool = False) -> str:
     parts.append(
         "<p class='note'>Demand is the daily peak hour of each rate (decode tokens/s per model and region from vLLM, "
         "requests/s per service, concurrent requests per model, daily cost). Each series is forecast with a growth "
-        "curve (linear or exponential, chosen on a held-out week) with day-of-week effects; its intervals come "
+        "curve (robust linear and exponential fits averaged with BIC weights, since a few weeks of history rarely tell them apart) with day-of-week effects; its intervals come "
         "from rolling-origin backtests (split conformal), so the 80% band holds 80% of outcomes in backtests. "
         "P90 is the upper edge of that band. One replica's capacity is the decode throughput at which the latency "
         "SLO starts failing or the KV cache reaches its limit, learned from 15-minute samples of the last week. "

@@ -248,10 +248,16 @@ def test_demo_pipeline_runs_detection(tmp_path: Path) -> None:
     )
     assert p.returncode == 0, p.stderr
     summary = json.loads(p.stdout)
-    assert summary["pipeline"] == ["simulate", "ingest", "detect"]
+    assert summary["pipeline"] == ["simulate", "ingest", "detect", "rca"]
     assert summary["detect"]["points"] > 0 and summary["detect"]["series"] > 0
     s = Store(db, read_only=True)
     assert s.count("detector_state") > 0
+    from ingest.results import list_incidents
+
+    incidents = list_incidents(s)
+    # every incident detection opened was explained, and its causes follow DESIGN.md's shape
+    assert incidents and all(i["causes"] for i in incidents)
+    assert {"rank", "kind", "service", "score", "evidence"} <= set(incidents[0]["causes"][0])
     s.close()
 
 
