@@ -43,6 +43,7 @@ class StoreView:
         self.store = store
         self.span_limit = span_limit
         self.log_limit = log_limit
+        self._spans: tuple[tuple[datetime | None, datetime | None], pl.DataFrame] | None = None
 
     def series(self, metric: str | None = None, service: str | None = None) -> pl.DataFrame:
         try:
@@ -75,7 +76,10 @@ class StoreView:
         return q.events(self.store, start, end)
 
     def spans(self, start: datetime | None, end: datetime | None) -> pl.DataFrame:
-        return q.spans(self.store, start, end, limit=self.span_limit)
+        # several analysers of one incident ask for the same window: read it once
+        if self._spans is None or self._spans[0] != (start, end):
+            self._spans = ((start, end), q.spans(self.store, start, end, limit=self.span_limit))
+        return self._spans[1]
 
     def logs(self, start: datetime | None, end: datetime | None) -> pl.DataFrame:
         return q.logs(self.store, start, end, limit=self.log_limit)

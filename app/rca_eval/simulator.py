@@ -1,9 +1,11 @@
 """RCA on the simulator's incidents, end to end: simulate → ingest → detect → explain each detected incident.
 
 The engine sees only the store (through :class:`ingest.rca_view.StoreView`) and the detected incident; the
-labels file is read after every incident has been explained. A labelled incident counts as *detected* when an
-alarm of a detected incident starts in ``[start − 5 min, end + 30 min]`` (as in ``rootwise eval incidents``);
-its RCA is the one of the earliest such incident, the page an on-call engineer opens first.
+labels file is read after every incident has been explained. Every detected incident is explained at each of
+its alarm episodes (:func:`alarm_episodes`: an incident that gains new alarms hours after it opened is
+explained again there, as a responder re-runs RCA), without looking at the labels. A labelled incident counts
+as *detected* when an episode starts in ``[start − 5 min, end + 30 min]`` (as in ``rootwise eval
+incidents``); its RCA is that of the earliest such episode, the page an on-call engineer opens first.
 
 A ranked candidate is **correct** when it names the root cause: the causing change event (``event_id``), the
 root-cause service (``service``, ``metric`` or ``log`` candidates), or a dimension that shares a label pair
@@ -58,6 +60,26 @@ def is_root_cause(c: dict[str, Any] | Candidate, truth: dict[str, Any]) -> bool:
     return c.get("service") == root["service"]
 
 
+def alarm_episodes(series: Any, gap: timedelta = timedelta(minutes=30)) -> list[tuple[datetime, str]]:
+    """Onsets of an incident's alarm episodes: its series' alarm starts, a new episode when an alarm starts more
+    than ``gap`` after the current episode's first one (a long incident that gains new alarms hours later is
+    explained again at that point, as a responder would re-run RCA); each with the metric of its first alarm.
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> t = datetime(2026, 1, 1)
+    >>> s = pl.DataFrame({"start": [t, t + timedelta(minutes=5), t + timedelta(hours=2)], "metric": ["a", "b", "c"]})
+    >>> [(o.hour, m) for o, m in alarm_episodes(s)]
+    [(0, 'a'), (2, 'c')]
+    """
+    out: list[tuple[datetime, str]] = []
+    for start, metric in sorted(zip(series["start"].to_list(), series["metric"].to_list(), strict=True)):
+        if not out or start - out[-1][0] > gap:
+            out.append((start, metric))
+    return out
+
+
 def _explain_run(data: Path, work: Path, progress: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Ingest and detect one simulated run; explain every detected incident. Labels are not read here."""
     from app.detect import run_detection
@@ -74,13 +96,19 @@ def _explain_run(data: Path, work: Path, progress: bool) -> tuple[list[dict[str,
         detected = list_incidents(store)
         view = StoreView(store)
         for d in detected:
-            d["alarm_starts"] = [t.isoformat() for t in incident_series(store, d["id"])["start"].to_list()]
-            engine = RootCauseEngine()
-            t0 = time.perf_counter()
-            result = engine.explain(incident_from_record(d), view)
-            d["rca_seconds"] = time.perf_counter() - t0
-            d["rca"] = result.to_json()
-            d["rca_timings"] = dict(engine.timings)
+            d["episodes"] = []
+            for onset, metric in alarm_episodes(incident_series(store, d["id"])):
+                engine = RootCauseEngine()
+                t0 = time.perf_counter()
+                result = engine.explain(incident_from_record(d, onset=onset, metric=metric), view)
+                d["episodes"].append(
+                    {
+                        "onset": onset,
+                        "metric": metric,
+                        "rca": result.to_json(),
+                        "seconds": time.perf_counter() - t0,
+                    }
+                )
     finally:
         store.close()
     return detected, json.loads((data / "manifest.json").read_text())
@@ -110,15 +138,13 @@ def eval_simulator(
             labelled += 1
             lo, hi = start - timedelta(minutes=5), end + timedelta(minutes=30)
             hits = [
-                d
-                for d in detected
-                if any(lo <= datetime.fromisoformat(a) <= hi for a in d["alarm_starts"] or [d["start"]])
+                (e["onset"], d["id"], e) for d in detected for e in d["episodes"] if lo <= e["onset"] <= hi
             ]
             if not hits:
                 continue
             detected_n += 1
-            first = min(hits, key=lambda d: (d["start"], d["id"]))
-            causes = first["rca"]["causes"]
+            episode = min(hits, key=lambda h: (h[0], h[1]))[2]
+            causes = episode["rca"]["causes"]
             ranked = tuple(
                 "root" if is_root_cause(c, lab) else f"{c['kind']}:{c.get('service')}" for c in causes
             )
@@ -129,7 +155,7 @@ def eval_simulator(
                     fault_type=lab["kind"],
                     truth="root",
                     ranked=ranked,
-                    seconds=first["rca_seconds"],
+                    seconds=episode["seconds"],
                 )
             )
             if lab.get("event_id"):
@@ -145,11 +171,7 @@ def eval_simulator(
                             "labels": lab["root_cause"]["labels"],
                             "event_id": lab.get("event_id"),
                         },
-                        "incident": {
-                            "service": first["service"],
-                            "metric": first["metric"],
-                            "start": first["start"],
-                        },
+                        "incident": {"metric": episode["metric"], "onset": episode["onset"].isoformat()},
                         "top": [
                             {
                                 k: c.get(k)
