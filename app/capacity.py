@@ -386,6 +386,13 @@ class Resource:
     history: pl.DataFrame  # ts, value
     forecast: pl.DataFrame  # ts, yhat, lo80, hi80, lo95, hi95, model
 
+    def utilisation(self, days: int = 30) -> tuple[float, float] | None:
+        """Forecast demand / limit ``days`` ahead at P50 and P90 (``None`` past the forecast or for budgets)."""
+        if self.kind == "budget" or self.limit <= 0 or self.forecast.height == 0:
+            return None
+        at = self.forecast.sort("ts").slice(min(days, self.forecast.height) - 1, 1)
+        return float(at["yhat"][0]) / self.limit, float(at["hi80"][0]) / self.limit
+
     @property
     def headroom(self) -> float:
         return 1.0 - self.current / self.limit if self.limit > 0 else float("nan")
@@ -552,6 +559,33 @@ def budget_crossing(
     return dates[0], dates[1], mtd, this_month
 
 
+def daily_totals(
+    store: Any, metric: str, start: datetime, end: datetime, key: str, top: int = 5
+) -> pl.DataFrame:
+    """Whole days of a usage metric's increase per ``key`` value: the ``top`` values by total, the rest summed as
+    ``other`` (tenant groups: the big tenants one by one, the long tail together)."""
+    from ingest import queries as q
+
+    try:
+        daily = q.resample(
+            store, metric=metric, start=start, end=end, step=timedelta(days=1), agg="increase", group_by=[key]
+        )
+    except q.QueryError:
+        return pl.DataFrame(schema={"series_id": pl.Utf8, "ts": TS, "value": pl.Float64})
+    daily = daily.filter(pl.col("ts") >= start, pl.col("ts") + timedelta(days=1) <= end)
+    big = (
+        daily.group_by(key).agg(pl.col("value").sum()).sort("value", descending=True)[key].head(top).to_list()
+    )
+    return (
+        daily.with_columns(
+            pl.when(pl.col(key).is_in(big)).then(pl.col(key)).otherwise(pl.lit("other")).alias("series_id")
+        )
+        .group_by("series_id", "ts")
+        .agg(pl.col("value").sum())
+        .sort("series_id", "ts")
+    )
+
+
 def plan_capacity(store: Any, settings: CapacitySettings, *, now: datetime | None = None) -> CapacityPlan:
     """Read demand and supply from the store, forecast, and find each resource's exhaustion dates."""
     from ingest import queries as q
@@ -598,6 +632,13 @@ def plan_capacity(store: Any, settings: CapacitySettings, *, now: datetime | Non
             keys = ["service"]
         d = daily_peaks(hourly, keys)
         demand[title] = (d, forecast_daily(d, horizon))
+    for title, metric, key in (
+        ("Output tokens per day by tenant group", "output_tokens", "tenant"),
+        ("Cost per day by model (USD)", "cost_usd", "model"),
+    ):
+        d = daily_totals(store, metric, start, end, key)
+        if d.height:
+            demand[title] = (d, forecast_daily(d, horizon))
 
     # supply: what one replica sustains, and how many replicas each model has per region
     samples = _replica_samples(store, settings, max(start, end - timedelta(days=7)), end)

@@ -63,6 +63,11 @@ def run_demo(
 
         rca = explain_new_incidents(store)
         incidents = list_incidents(store)
+        from app.capacity import CapacitySettings
+        from app.report import report_capacity
+
+        report_path = Path(db).with_name(Path(db).stem + "-capacity.html")
+        capacity = report_capacity(store, CapacitySettings(), report_path)
     finally:
         store.close()
     t_ingest = t2 - t1
@@ -86,7 +91,8 @@ def run_demo(
             "rca": rca["seconds"],
         },
         # alerting is added to the pipeline by its own issue (6)
-        "pipeline": ["simulate", "ingest", "detect", "rca"],
+        "pipeline": ["simulate", "ingest", "detect", "rca", "capacity report"],
+        "capacity_report": capacity["out"],
     }
     if fmt == "json":
         print(json.dumps(summary, indent=2, default=str))
@@ -99,6 +105,7 @@ def run_demo(
             f"detection scored {detection.points:,} points in {t_detect:.1f} s: {len(incidents)} incidents, "
             f"{len(pages)} pages; root causes of {rca['explained']} incidents in {rca['seconds']:.1f} s"
         )
+        console.print(f"    capacity report: {capacity['out']}", markup=False)
         for inc in pages[:10]:
             console.print(f"    {inc['start'][:16]}  {inc['service']:14} {inc['metric']}  ({inc['id']})")
             if inc["causes"]:

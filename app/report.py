@@ -58,6 +58,11 @@ def _num(v: float | None, digits: int = 0) -> str:
     return "" if v is None else f"{v:,.{digits}f}"
 
 
+def _utilisation(r: Resource) -> str:
+    u = r.utilisation(30)
+    return "" if u is None else f"{u[0]:.0%} / {u[1]:.0%}"
+
+
 def bottom_line(plan: CapacityPlan) -> str:
     """One sentence: how many resources run out within the horizon, and the first one."""
     horizon = plan.settings.horizon_days
@@ -83,13 +88,15 @@ def _summary_table(plan: CapacityPlan) -> str:
             "<tr>"
             f"<td>{_e(r.name)}</td><td class='num'>{_num(r.limit)} {_e(r.unit)}</td>"
             f"<td class='num'>{_num(r.current)} ({r.headroom:.0%} headroom)</td>"
+            f"<td class='num'>{_utilisation(r)}</td>"
             f"<td class='{'soon' if r.p50 else 'ok'}'>{_date(r.p50)}{_days(r.p50, plan.created)}</td>"
             f"<td class='{'soon' if soon else 'ok'}'>{_date(r.p90)}{_days(r.p90, plan.created)}</td>"
             f"<td>{_e(r.action)}</td><td class='num'>{_num(r.monthly_cost)}</td>"
             "</tr>"
         )
     head = (
-        "<tr><th>Resource</th><th>Limit</th><th>Now (latest daily peak)</th><th>Runs out, P50</th>"
+        "<tr><th>Resource</th><th>Limit</th><th>Now (latest daily peak)</th><th>Use in 30 days, P50 / P90</th>"
+        "<th>Runs out, P50</th>"
         "<th>Runs out, P90</th><th>Action needed</th><th>Cost, USD/month</th></tr>"
     )
     return f"<table>{head}{''.join(rows)}</table>"
@@ -413,6 +420,7 @@ def write_report(plan: CapacityPlan, out: Path) -> dict[str, Any]:
                 "needed": r.needed,
                 "action": r.action,
                 "monthly_cost": r.monthly_cost,
+                "utilisation_30d": r.utilisation(30),
             }
             for r in plan.resources
         ],

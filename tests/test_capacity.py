@@ -111,6 +111,8 @@ def test_plan_learns_supply_and_finds_the_exhaustion_date(growth_store):
     assert abs((gpu.p50 - truth).days) <= 9, (gpu.p50, truth)  # within 10 % of the 90-day horizon
     assert gpu.p90 <= truth + timedelta(days=1)
     assert gpu.needed is not None and gpu.needed > 2 and "Add" in gpu.action
+    u50, u90 = gpu.utilisation(30)
+    assert u90 >= u50 > gpu.current / gpu.limit  # growing demand: fuller in a month, more so at P90
     # a quota of 2 GPUs runs out with the 2 replicas; a region without models is a note, not a resource
     (quota,) = [r for r in plan.resources if r.kind == "quota"]
     assert quota.p90 is not None and abs((quota.p90 - gpu.p90).days) <= 1

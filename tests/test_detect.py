@@ -248,7 +248,8 @@ def test_demo_pipeline_runs_detection(tmp_path: Path) -> None:
     )
     assert p.returncode == 0, p.stderr
     summary = json.loads(p.stdout)
-    assert summary["pipeline"] == ["simulate", "ingest", "detect", "rca"]
+    assert summary["pipeline"] == ["simulate", "ingest", "detect", "rca", "capacity report"]
+    assert Path(summary["capacity_report"]).exists()
     assert summary["detect"]["points"] > 0 and summary["detect"]["series"] > 0
     s = Store(db, read_only=True)
     assert s.count("detector_state") > 0
