@@ -138,7 +138,7 @@ class RootCauseEngine:
 
     def _dimensions(self, incident: RcaIncident, view: View) -> RcaResult | None:
         """The localisation of the KPI that moved most, among the services near the incident's on the call
-        graph (its callees, and callers up to two hops); candidate scores are the share of the move they explain
+        graph (its callees, and callers up to two hops, whose usage rows only count); candidate scores are the share of the move they explain
         times how much the KPI moved (a 2x error rate is strong, the usual 10 % hour-to-hour drift of traffic is
         not: :func:`kpi_strength`) times how surprising the count is (``SURPRISE_HALF``)."""
         from rca.changes import service_graph, service_hops
@@ -146,13 +146,12 @@ class RootCauseEngine:
 
         graph = service_graph(view, incident.baseline_start, incident.end)
         near: set[str] | None = None
+        callers: set[str] = set()
         if incident.service in set(graph["source"].to_list()) | set(graph["target"].to_list()):
             hops = service_hops(graph, incident.service)
-            near = set(
-                hops.filter(pl.col("downstream_hops").is_not_null() | (pl.col("upstream_hops") <= 2))[
-                    "service"
-                ]
-            )
+            near_rows = hops.filter(pl.col("downstream_hops").is_not_null() | (pl.col("upstream_hops") <= 2))
+            near = set(near_rows["service"])
+            callers = set(hops.filter(pl.col("downstream_hops").is_null())["service"])
         best: RcaResult | None = None
         best_strength = 0.0
         for kpi in self.kpis:
@@ -162,6 +161,9 @@ class RootCauseEngine:
             for service in services:
                 if near is not None and service not in near:
                     continue  # a sibling's usage says nothing about this incident
+                # a caller's own per-instance counters show the incident's symptoms (its instances that call the
+                # broken service fail); its usage rows (tenant, model, ...) still localise the cause
+                kview = KindView(view, ("delta",) if service in callers else kpi.kinds)
                 sub = replace(incident, service=service, metric=kpi.metric or kpi.numerator, labels={})
                 analyser = DimensionAnalyser(
                     numerator=kpi.numerator,
@@ -252,10 +254,12 @@ def combine(results: dict[str, RcaResult]) -> list[Candidate]:
     for service in ranked_services:
         score = consensus[service] / total
         base = topo.get(service)
+        healthy = base is not None and base.score <= 0
         explanation = (
             base.explanation
-            if base is not None
-            else f"{service} is abnormal at onset ({', '.join(evidence[service])})."
+            if base is not None and not healthy
+            else f"{service} moved at onset ({', '.join(evidence[service])})"
+            + (" although its spans look healthy." if healthy else ".")
         )
         out.append(
             Candidate(

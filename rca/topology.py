@@ -586,8 +586,16 @@ class TopologyAnalyser:
                 pl.col("_iqr") / 1.349, pl.col("_jitter").fill_null(pl.col("_iqr") / 1.349)
             ),
         }[self.metric_scale]
-        base = base.with_columns(
-            pl.max_horizontal(scale, pl.col("base").abs() * self.metric_floor, pl.lit(1e-9)).alias("spread")
+        # a sparse series (a per-tenant usage row, zero most minutes) has median, IQR and jitter 0: its level over
+        # the whole span (baseline and window) floors the spread, so its first non-zero minute is not 1e12 spreads
+        level = p.group_by("series_id").agg(pl.col("value").abs().mean().alias("_level"))
+        base = base.join(level, on="series_id", how="left").with_columns(
+            pl.max_horizontal(
+                scale,
+                pl.col("base").abs() * self.metric_floor,
+                pl.col("_level").fill_null(0.0) * self.metric_floor,
+                pl.lit(1e-9),
+            ).alias("spread")
         )
         low = pl.col("role") == "served_low"
         win = (
