@@ -103,6 +103,22 @@ class RcaResult:
             key=lambda c: (-c.score, c.kind, c.service or "", c.metric or "", sorted(c.labels.items())),
         )
 
+    def service_scores(self, kind: str) -> dict[str, float]:
+        """Each service's best score among the candidates of ``kind``, best first (ties by name).
+
+        Examples
+        --------
+        >>> r = RcaResult("x", (Candidate("log", "a", 2.0, "."), Candidate("log", "a", 5.0, "."),
+        ...                     Candidate("log", "b", 3.0, "."), Candidate("service", "c", 9.0, ".")))
+        >>> r.service_scores("log")
+        {'a': 5.0, 'b': 3.0}
+        """
+        out: dict[str, float] = {}
+        for c in self.candidates:
+            if c.kind == kind and c.service is not None:
+                out[c.service] = max(out.get(c.service, float("-inf")), c.score)
+        return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
+
     def to_json(self) -> dict[str, Any]:
         """The DESIGN.md shape: ``{"causes": [{rank, kind, service, metric, labels, event_id, score, evidence}]}``."""
         causes = [

@@ -523,20 +523,3 @@ class LogTemplateAnalyser:
             labels=labels,
             evidence=evidence,
         )
-
-
-def service_scores(result: RcaResult) -> dict[str, float]:
-    """Each service's best log-template score in ``result``, best first.
-
-    Examples
-    --------
-    >>> r = RcaResult("x", (Candidate("log", "a", 2.0, "."), Candidate("log", "a", 5.0, "."),
-    ...                     Candidate("log", "b", 3.0, ".")))
-    >>> service_scores(r)
-    {'a': 5.0, 'b': 3.0}
-    """
-    out: dict[str, float] = {}
-    for c in result.candidates:
-        if c.kind == "log" and c.service is not None:
-            out[c.service] = max(out.get(c.service, 0.0), c.score)
-    return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))

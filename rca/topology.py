@@ -822,16 +822,3 @@ def downstream(graph: pl.DataFrame) -> dict[str, set[str]]:
                 todo.extend(calls.get(node, ()))
         out[start] = seen
     return out
-
-
-def service_scores(result: RcaResult) -> dict[str, float]:
-    """Each service's score in ``result`` (``service`` candidates), best first.
-
-    Examples
-    --------
-    >>> r = RcaResult("x", (Candidate("service", "a", 0.0, "."), Candidate("service", "b", 2.0, ".")))
-    >>> service_scores(r)
-    {'b': 2.0, 'a': 0.0}
-    """
-    out = {c.service: c.score for c in result.candidates if c.kind == "service" and c.service is not None}
-    return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))

@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from rca.base import FrameView, RcaIncident
-from rca.logs import LogTemplateAnalyser, mask_bodies, mine_templates, service_scores
+from rca.logs import LogTemplateAnalyser, mask_bodies, mine_templates
 
 T0 = datetime(2026, 3, 1, 12, 0)
 ONSET = T0 + timedelta(seconds=200)
@@ -77,7 +77,7 @@ def test_new_error_template_of_the_faulty_service_ranks_first() -> None:
     result = LogTemplateAnalyser().explain(INCIDENT, FrameView(logs=logs, spans=spans))
     top = result.ranked()[0]
     assert top.kind == "log" and top.service == "payments"
-    assert list(service_scores(result))[0] == "payments"
+    assert list(result.service_scores("log"))[0] == "payments"
     assert top.labels["template"] == "PaymentServiceImpl#42 card <NUM> declined: NullPointerException"
     assert top.labels["operation"] == "PaymentController.charge"
     ev = top.evidence
@@ -126,7 +126,7 @@ def test_without_spans_lines_are_the_exposure() -> None:
     logs, _ = _shop()
     result = LogTemplateAnalyser().explain(INCIDENT, FrameView(logs=logs))
     # without spans neither operations nor the call graph are known: caller and callee both changed
-    assert set(list(service_scores(result))[:2]) == {"api", "payments"}
+    assert set(list(result.service_scores("log"))[:2]) == {"api", "payments"}
     top = result.ranked()[0]
     assert top.evidence["exposure_unit"] == "lines" and "operation" not in top.labels
     assert all(c.evidence["explained_by"] is None for c in result.candidates)

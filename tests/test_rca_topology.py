@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from rca.base import FrameView, RcaIncident
-from rca.topology import TopologyAnalyser, downstream, prepare_spans, service_graph, service_scores
+from rca.topology import TopologyAnalyser, downstream, prepare_spans, service_graph
 
 T0 = datetime(2026, 3, 1, 12, 0)
 ONSET = T0 + timedelta(seconds=120)
@@ -98,7 +98,7 @@ def test_dependency_whose_trouble_started_first_ranks_above_a_caller_with_its_ow
         .alias("duration")
     )
     result = TopologyAnalyser(use_metrics=False).explain(INCIDENT, FrameView(spans=spans))
-    assert list(service_scores(result))[0] == "db"
+    assert list(result.service_scores("service"))[0] == "db"
     db_onset = datetime.fromisoformat(_by_service(result)["db"].evidence["onset"])
     assert ONSET - timedelta(seconds=10) <= db_onset <= ONSET + timedelta(seconds=10)
 
@@ -118,7 +118,7 @@ def test_starved_caller_keeps_the_gap_of_its_own_calls() -> None:
         INCIDENT, FrameView(spans=_calls(api_self=30.0, api_to_cache_gap=25.0))
     )
     by = _by_service(result)
-    assert list(service_scores(result))[0] == "api"
+    assert list(result.service_scores("service"))[0] == "api"
     assert by["cache"].evidence["status"] == "healthy"
 
 
@@ -171,7 +171,7 @@ def test_metrics_only_resource_and_edge_latency() -> None:
         "web", None, T0 + timedelta(minutes=50), T0 + timedelta(minutes=60), baseline=timedelta(hours=1)
     )
     result = TopologyAnalyser().explain(inc, FrameView(series=series, points=points))
-    assert list(service_scores(result))[0] == "db"
+    assert list(result.service_scores("service"))[0] == "db"
     assert result.ranked()[0].evidence["signals"]["resource"]["detail"] == "cpu_usage_rate"
     # now the network into cart: latency seen by the caller rises, the callee's own does not
     slow = pl.when((pl.col("series_id") == 4) & (pl.col("ts") >= inc.onset)).then(pl.col("value") + 0.2)

@@ -67,9 +67,7 @@ from app.rca_eval import CaseOutcome, summarise
 from ingest.datasets.nezha import SYSTEMS, load_cases
 from rca.base import FrameView, RcaIncident, RcaResult, View
 from rca.logs import LogTemplateAnalyser
-from rca.logs import service_scores as log_service_scores
 from rca.topology import TopologyAnalyser, downstream, service_graph
-from rca.topology import service_scores as topology_service_scores
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[3] / "shared" / "data" / "rca" / "nezha"
 
@@ -130,8 +128,8 @@ def explain_case(
     """Run both analysers on one case and combine their service scores."""
     results = {"topology": topology.explain(incident, view), "logs": logs.explain(incident, view)}
     scores = {
-        "topology": topology_service_scores(results["topology"]),
-        "logs": log_service_scores(results["logs"]),
+        "topology": results["topology"].service_scores("service"),
+        "logs": results["logs"].service_scores("log"),
     }
     callees = downstream(service_graph(view.spans(incident.baseline_start, incident.end), view.edges()))
     return combination.rank(scores, callees), results
@@ -188,8 +186,8 @@ def eval_nezha(
         truth, kind = case.truth.service, case.truth.fault_type
         rankings = {
             "combined": tuple(s for s, _ in ranking),
-            "topology": tuple(topology_service_scores(results["topology"])),
-            "logs": tuple(log_service_scores(results["logs"])),
+            "topology": tuple(results["topology"].service_scores("service")),
+            "logs": tuple(results["logs"].service_scores("log")),
         }
         for name, ranked in rankings.items():
             outcome = CaseOutcome(

@@ -60,6 +60,7 @@ import polars as pl
 
 from ingest import schema
 from ingest.batch import Reject, TelemetryBatch, log_id, series_id
+from ingest.datasets import DatasetFormatError
 from rca.base import FrameView, RcaIncident
 
 #: which system each published date belongs to
@@ -102,13 +103,8 @@ _TRACE_COLUMNS = (
 )
 
 
-class NezhaFormatError(ValueError):
-    """A Nezha file that cannot be used; the message names the file and, where it applies, line (1 is the
-    header) and column."""
-
-    def __init__(self, path: Path, message: str) -> None:
-        super().__init__(f"{path}: {message}")
-        self.path = path
+class NezhaFormatError(DatasetFormatError):
+    """A Nezha file that cannot be used."""
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ import numpy as np
 import polars as pl
 
 from ingest import schema
+from ingest.datasets import DatasetFormatError
 from rca.base import FrameView, RcaIncident
 
 _EPOCH = datetime(1970, 1, 1)
@@ -61,13 +62,8 @@ _COLUMN = re.compile(r"^(?P<container>[a-z0-9][a-z0-9-]*?)_(?P<suffix>" + "|".jo
 _CASE_DIR = re.compile(r"^(?P<service>[a-z0-9-]+)-(?P<fault>[a-z0-9]+)$")
 
 
-class SockShopFormatError(ValueError):
-    """A Sock Shop file that cannot be used; the message names the file and, where it applies, line and
-    column (line 1 is the header)."""
-
-    def __init__(self, path: Path, message: str) -> None:
-        super().__init__(f"{path}: {message}")
-        self.path = path
+class SockShopFormatError(DatasetFormatError):
+    """A Sock Shop file that cannot be used."""
 
 
 @dataclass(frozen=True)
