@@ -399,8 +399,15 @@ def decode_logs(
     )
     frame = _with_ts(frame, c, now_ns=now_ns)
     ids = [
-        log_id(_us(ts) * 1000, service, severity or "", body or "", trace_id or "", span_id or "",
-               {a["key"]: a["value"] for a in attrs})
+        log_id(
+            _us(ts) * 1000,
+            service,
+            severity or "",
+            body or "",
+            trace_id or "",
+            span_id or "",
+            {a["key"]: a["value"] for a in attrs},
+        )
         for ts, service, severity, body, trace_id, span_id, attrs in frame.select(
             "ts", "service", "severity", "body", "trace_id", "span_id", "attributes"
         ).iter_rows()

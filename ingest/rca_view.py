@@ -15,6 +15,7 @@ import polars as pl
 
 from ingest import queries as q
 from ingest import schema
+from ingest.schema import WINDOW_SUMS
 from ingest.store import Store
 
 
@@ -44,12 +45,19 @@ class StoreView:
         self.span_limit = span_limit
         self.log_limit = log_limit
         self._spans: tuple[tuple[datetime | None, datetime | None], pl.DataFrame] | None = None
+        self._catalog: pl.DataFrame | None = None
+        self._sums: dict[tuple, pl.DataFrame] = {}
 
     def series(self, metric: str | None = None, service: str | None = None) -> pl.DataFrame:
-        try:
-            return q.find_series(self.store, metric=metric, service=service)
-        except q.QueryError:  # unknown metric or service: nothing to analyse, not an error for RCA
-            return schema.empty(schema.SERIES)
+        # the catalog is read once per view (one view serves one incident's analysers) and filtered here
+        if self._catalog is None:
+            self._catalog = q.find_series(self.store)
+        out = self._catalog
+        if metric is not None:
+            out = out.filter(pl.col("metric") == metric)
+        if service is not None:
+            out = out.filter(pl.col("service") == service)
+        return out
 
     def points(
         self, series_ids: Sequence[int] | None, start: datetime | None, end: datetime | None
@@ -66,11 +74,50 @@ class StoreView:
         if end is not None:
             conds.append("ts < $end")
             params["end"] = end
-        sql = f"SELECT series_id, ts, value FROM points WHERE {' AND '.join(conds)} ORDER BY series_id, ts"
+        sql = f"SELECT series_id, ts, value FROM points WHERE {' AND '.join(conds)}"  # stored in time order; sorting costs more than the read
         cur = self.store.cursor()
         cur.complete()
         df = cur.sql(sql, params=params or None).pl()
         return df.cast(pl.Schema(schema.POINTS)) if df.height else schema.empty(schema.POINTS)
+
+    def window_sums(
+        self, series_ids: Sequence[int], start: datetime, onset: datetime, end: datetime
+    ) -> pl.DataFrame:
+        """Per series: count and sum before and from ``onset``, counters differenced (reset rule) in SQL."""
+        key = (tuple(series_ids), start, onset, end)
+        if key not in self._sums:  # the requests sums serve both the error-rate and the requests KPI
+            self._sums[key] = self._window_sums(series_ids, start, onset, end)
+        return self._sums[key]
+
+    def _window_sums(
+        self, series_ids: Sequence[int], start: datetime, onset: datetime, end: datetime
+    ) -> pl.DataFrame:
+        sql = """
+            WITH ids AS (SELECT unnest($ids::BIGINT[]) AS series_id),
+            k AS (SELECT s.series_id, s.kind = 'counter' AS counter FROM series s SEMI JOIN ids USING (series_id)),
+            plain AS (
+                SELECT p.series_id, p.ts, p.value FROM points p
+                WHERE p.series_id IN (SELECT series_id FROM k WHERE NOT counter) AND p.ts >= $start AND p.ts < $end
+            ),
+            cnt AS (
+                SELECT series_id, ts, CASE WHEN value >= prev THEN value - prev ELSE value END AS value FROM (
+                    SELECT p.series_id, p.ts, p.value,
+                        lag(p.value) OVER (PARTITION BY p.series_id ORDER BY p.ts) AS prev
+                    FROM points p
+                    WHERE p.series_id IN (SELECT series_id FROM k WHERE counter) AND p.ts >= $start AND p.ts < $end
+                ) WHERE prev IS NOT NULL
+            )
+            SELECT series_id,
+                count(*) FILTER (ts < $onset) AS n_before, count(*) FILTER (ts >= $onset) AS n_now,
+                coalesce(sum(value) FILTER (ts < $onset), 0) AS sum_before,
+                coalesce(sum(value) FILTER (ts >= $onset), 0) AS sum_now
+            FROM (SELECT * FROM plain UNION ALL SELECT * FROM cnt) GROUP BY series_id ORDER BY series_id
+        """
+        cur = self.store.cursor()
+        cur.complete()
+        params = {"ids": [int(i) for i in series_ids], "start": start, "onset": onset, "end": end}
+        df = cur.sql(sql, params=params).pl()
+        return df.cast(pl.Schema(WINDOW_SUMS)) if df.height else schema.empty(WINDOW_SUMS)
 
     def events(self, start: datetime | None, end: datetime | None) -> pl.DataFrame:
         return q.events(self.store, start, end)

@@ -127,6 +127,15 @@ SCORES = {
     "upper": pl.Float64,
 }
 
+#: per-series sums of an RCA window (:meth:`rca.base.View.window_sums`): before and from the onset
+WINDOW_SUMS = {
+    "series_id": pl.Int64,
+    "n_before": pl.Int64,
+    "n_now": pl.Int64,
+    "sum_before": pl.Float64,
+    "sum_now": pl.Float64,
+}
+
 #: name of each batch part -> (table, schema)
 TABLES: dict[str, tuple[str, dict[str, pl.DataType]]] = {
     "series": ("series", SERIES),

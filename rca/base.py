@@ -178,6 +178,13 @@ class View(Protocol):
         cumulative (use :func:`increments`)."""
         ...
 
+    def window_sums(
+        self, series_ids: Sequence[int], start: datetime, onset: datetime, end: datetime
+    ) -> pl.DataFrame:
+        """Per series: ``n_before, sum_before`` over ``[start, onset)`` and ``n_now, sum_now`` over ``[onset, end)``
+        (counters as increments): what a dimension analysis needs, aggregated where the data lives."""
+        ...
+
     def events(self, start: datetime | None, end: datetime | None) -> pl.DataFrame:
         """Change events (:data:`ingest.schema.EVENTS`)."""
         ...
@@ -260,6 +267,11 @@ class FrameView:
             out = out.filter(pl.col("series_id").is_in(list(series_ids)))
         return _between(out, "ts", start, end)
 
+    def window_sums(
+        self, series_ids: Sequence[int], start: datetime, onset: datetime, end: datetime
+    ) -> pl.DataFrame:
+        return window_sums(self.points(series_ids, start, end), self.series(), onset)
+
     def events(self, start: datetime | None, end: datetime | None) -> pl.DataFrame:
         return _between(self._events, "ts", start, end)
 
@@ -300,6 +312,8 @@ def increments(points: pl.DataFrame, series: pl.DataFrame) -> pl.DataFrame:
     [2.0, 1.0]
     """
     kinds = series.select("series_id", "kind")
+    if not (kinds["kind"] == "counter").any():
+        return points
     joined = points.join(kinds, on="series_id", how="left")
     prev = pl.col("value").shift(1).over("series_id")
     inc = pl.when(pl.col("value") >= prev).then(pl.col("value") - prev).otherwise(pl.col("value"))
@@ -308,3 +322,27 @@ def increments(points: pl.DataFrame, series: pl.DataFrame) -> pl.DataFrame:
         (pl.col("kind") == "counter").and_(prev.is_null()).alias("_first"),
     )
     return out.filter(~pl.col("_first")).select(points.columns)
+
+
+WINDOW_SUMS = schema.WINDOW_SUMS
+
+
+def window_sums(points: pl.DataFrame, series: pl.DataFrame, onset: datetime) -> pl.DataFrame:
+    """Count and sum of each series' points before and from ``onset`` (counters as :func:`increments`).
+
+    Examples
+    --------
+    >>> s = pl.DataFrame({"series_id": [1], "kind": ["counter"]})
+    >>> p = pl.DataFrame({"series_id": [1] * 4, "ts": [1, 2, 3, 4], "value": [0.0, 1.0, 2.0, 5.0]})
+    >>> window_sums(p, s, 3).rows()
+    [(1, 1, 2, 1.0, 4.0)]
+    """
+    inc = increments(points, series)
+    before = pl.col("ts") < onset
+    out = inc.group_by("series_id").agg(
+        before.sum().cast(pl.Int64).alias("n_before"),
+        (~before).sum().cast(pl.Int64).alias("n_now"),
+        pl.col("value").filter(before).sum().alias("sum_before"),
+        pl.col("value").filter(~before).sum().alias("sum_now"),
+    )
+    return out.select(list(WINDOW_SUMS)).cast(pl.Schema(WINDOW_SUMS)).sort("series_id")

@@ -41,7 +41,7 @@ from typing import Any, Literal
 
 import polars as pl
 
-from rca.base import Candidate, RcaIncident, RcaResult, View, increments
+from rca.base import Candidate, RcaIncident, RcaResult, View
 
 Direction = Literal["auto", "up", "down", "both"]
 
@@ -504,27 +504,25 @@ def _window_values(view: View, incident: RcaIncident, metric: str) -> tuple[pl.D
     if wide.height == 0:
         return None
     start, onset, end = incident.baseline_start, incident.onset, incident.end
-    points = increments(view.points(wide["series_id"].to_list(), start, end), series)
-    points = points.join(series.select("series_id", "kind"), on="series_id", how="left")
-    now, before = pl.col("ts") >= onset, pl.col("ts") < onset
+    # the view sums each series over both windows where the data lives (DuckDB for the store)
+    sums = view.window_sums(wide["series_id"].to_list(), start, onset, end)
+    sums = sums.join(series.select("series_id", "kind"), on="series_id", how="left")
     # sums are scaled by intervals seen (a counter's first point in the window yields no increment), or by
     # duration when the series stopped reporting
     duration = (end - onset) / (onset - start) if onset > start else 0.0
-    n_now, n_before = now.sum(), before.sum()
+    n_now, n_before = pl.col("n_now"), pl.col("n_before")
     scale = pl.when((n_now > 0) & (n_before > 0)).then(n_now / n_before).otherwise(duration)
-    additive = pl.col("kind").first().is_in(["counter", "delta"])
-    values = points.group_by("series_id").agg(
+    additive = pl.col("kind").is_in(["counter", "delta"])
+    values = sums.select(
+        "series_id",
+        pl.when(additive).then(pl.col("sum_now")).otherwise(pl.col("sum_now") / n_now).alias("_now"),
         pl.when(additive)
-        .then(pl.col("value").filter(now).sum())
-        .otherwise(pl.col("value").filter(now).mean())
-        .alias("_now"),
-        pl.when(additive)
-        .then(pl.col("value").filter(before).sum() * scale)
-        .otherwise(pl.col("value").filter(before).mean())
+        .then(pl.col("sum_before") * scale)
+        .otherwise(pl.col("sum_before") / n_before)
         .alias("_before"),
     )
     frame = wide.join(values, on="series_id", how="left").with_columns(
-        pl.col("_now", "_before").fill_null(0.0)
+        pl.col("_now", "_before").fill_null(0.0).fill_nan(0.0)
     )
     return frame, keys
 

@@ -129,9 +129,24 @@ class MetricShiftAnalyser:
         if stats.is_empty():
             return RcaResult(self.name, (), (*notes, "no series with both baseline and window points"))
         stats = stats.join(catalog.select("series_id", "service", "metric", "unit", "labels"), on="series_id")
+        # order in polars and build Candidate objects only for what is kept (the top metrics and each service's
+        # best): a store with 100k series gives ~100k rows here, and Python objects for all of them cost seconds
+        label_key = (
+            pl.col("labels")
+            .list.eval(pl.element().struct.field("key") + "\x00" + pl.element().struct.field("value"))
+            .list.sort()
+            .list.join("\x01")
+        )
+        stats = stats.with_columns(label_key.alias("_lk")).sort(
+            ["score", "service", "metric", "_lk"], descending=[True, False, False, False], nulls_last=True
+        )
+        counts = dict(stats.group_by("service").len().iter_rows())
+        stats = stats.with_row_index("_r").filter(
+            (pl.col("_r") < self.max_metric_candidates) | (pl.col("_r") == pl.col("_r").min().over("service"))
+        )
         metrics = [_metric_candidate(row, onset) for row in stats.iter_rows(named=True)]
         metrics.sort(key=lambda c: (-c.score, c.service or "", c.metric or "", sorted(c.labels.items())))
-        services = _service_candidates(metrics)
+        services = _service_candidates(metrics, counts)
         return RcaResult(self.name, (*metrics[: self.max_metric_candidates], *services), tuple(notes))
 
 
@@ -220,8 +235,8 @@ def shift_scores(
         .agg(
             value.max().alias("hi"),
             value.min().alias("lo"),
-            ts.sort_by(value, descending=True).first().alias("hi_ts"),
-            ts.sort_by(value).first().alias("lo_ts"),
+            ts.sort_by([value, ts], descending=[True, False]).first().alias("hi_ts"),
+            ts.sort_by([value, ts]).first().alias("lo_ts"),
             pl.len().alias("n_window"),
         )
     )
@@ -355,8 +370,11 @@ def _metric_candidate(row: dict, onset: datetime) -> Candidate:
     )
 
 
-def _service_candidates(metrics: Iterable[Candidate]) -> list[Candidate]:
-    """One candidate per service, scored by its best metric (``metrics`` sorted best first)."""
+def _service_candidates(
+    metrics: Iterable[Candidate], scored: dict[str, int] | None = None
+) -> list[Candidate]:
+    """One candidate per service, scored by its best metric (``metrics`` sorted best first); ``scored`` is the
+    number of metrics scored per service when ``metrics`` holds only the kept ones."""
     best: dict[str, Candidate] = {}
     counts: dict[str, int] = {}
     for c in metrics:
@@ -371,7 +389,11 @@ def _service_candidates(metrics: Iterable[Candidate]) -> list[Candidate]:
             score=top.score,
             explanation=f"{service}: its largest shift is {top.metric}{_label_text(top.labels)}, "
             f"{abs(top.score):.1f} times its baseline spread.",
-            evidence={"top_metric": top.metric, "top_labels": dict(top.labels), "metrics": counts[service]},
+            evidence={
+                "top_metric": top.metric,
+                "top_labels": dict(top.labels),
+                "metrics": (scored or counts)[service],
+            },
         )
         for service, top in best.items()
     ]

@@ -124,8 +124,12 @@ def test_deterministic_and_independent_of_row_order():
     first = _ratio(frame)
     again = _ratio(frame)
     shuffled = _ratio(frame.sample(fraction=1.0, shuffle=True, seed=7))
-    assert first == again
-    assert [(c.labels, round(c.score, 6)) for c in first] == [(c.labels, round(c.score, 6)) for c in shuffled]
+
+    # parallel float sums may differ in the last bits between runs: same causes, same scores to 9 digits
+    def key(causes):
+        return [(c.labels, float(f"{c.score:.9g}"), float(f"{c.explained:.9g}"), c.leaves) for c in causes]
+
+    assert key(first) == key(again) == key(shuffled)
 
 
 def test_input_not_mutated_and_edge_cases():
