@@ -196,6 +196,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
         )
         emit(results, args.format, lambda r: r["summary"])
         return 0
+    if args.what == "rca":
+        from app.bench_rca import bench_rca
+
+        out = Path(args.out if args.out != "bench-results/ingest.json" else "bench-results/rca.json")
+        results = bench_rca(
+            series=args.series or 100_000,
+            days=args.days or 7.0,
+            out=out,
+            workdir=Path(args.workdir) if args.workdir else None,
+            keep=args.keep,
+        )
+        emit(results, args.format, lambda r: r["summary"])
+        return 0
     from app.bench import bench_ingest
 
     results = bench_ingest(points=args.points, big_points=args.big_points, out=Path(args.out))
@@ -642,7 +655,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks; print figures and write JSON")
     _common(p, db=False)
-    p.add_argument("what", choices=("ingest", "detect", "forecast"))
+    p.add_argument("what", choices=("ingest", "detect", "forecast", "rca"))
+    p.add_argument(
+        "--workdir",
+        default=None,
+        help="rca: folder for the store (about 10.5 GB at 100k series x 7 days; default a temporary folder)",
+    )
+    p.add_argument(
+        "--keep", action="store_true", help="rca: keep the store; a later run of the same size reuses it"
+    )
     p.add_argument(
         "--series",
         type=int,
