@@ -119,6 +119,31 @@ class StoreView:
         df = cur.sql(sql, params=params).pl()
         return df.cast(pl.Schema(WINDOW_SUMS)) if df.height else schema.empty(WINDOW_SUMS)
 
+    def group_sums(
+        self, series_ids: Sequence[int], group_ids: Sequence[int], start: datetime, end: datetime
+    ) -> pl.DataFrame:
+        """Points summed per (group, ts) in DuckDB; ``series_id`` of the result is the group id."""
+        key = ("group", tuple(series_ids), tuple(group_ids), start, end)
+        if key not in self._sums:  # metrics and topology ask for the same totals
+            sql = """
+                WITH g AS (SELECT unnest($ids::BIGINT[]) AS series_id, unnest($gids::BIGINT[]) AS gid)
+                SELECT g.gid AS series_id, p.ts, sum(p.value) AS value
+                FROM points p JOIN g USING (series_id)
+                WHERE p.ts >= $start AND p.ts < $end
+                GROUP BY ALL ORDER BY 1, 2
+            """
+            cur = self.store.cursor()
+            cur.complete()
+            params = {
+                "ids": [int(i) for i in series_ids],
+                "gids": [int(i) for i in group_ids],
+                "start": start,
+                "end": end,
+            }
+            df = cur.sql(sql, params=params).pl()
+            self._sums[key] = df.cast(pl.Schema(schema.POINTS)) if df.height else schema.empty(schema.POINTS)
+        return self._sums[key]
+
     def events(self, start: datetime | None, end: datetime | None) -> pl.DataFrame:
         return q.events(self.store, start, end)
 

@@ -34,7 +34,7 @@ from typing import ClassVar, Literal
 import numpy as np
 import polars as pl
 
-from rca.base import Candidate, RcaIncident, RcaResult, View, increments, labels_dict
+from rca.base import Candidate, RcaIncident, RcaResult, View, increments, labels_dict, points_with_totals
 
 Direction = Literal["up", "down", "both"]
 
@@ -106,7 +106,7 @@ class MetricShiftAnalyser:
         )
         if catalog.is_empty():
             return RcaResult(self.name, (), (*notes, "no metric series for the candidate services"))
-        points = view.points(catalog["series_id"].to_list(), incident.baseline_start, incident.end)
+        catalog, points = points_with_totals(view, catalog, incident.baseline_start, incident.end)
         points = increments(points, catalog).filter(pl.col("value").is_finite())
 
         onset = incident.onset

@@ -50,7 +50,7 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
-from rca.base import Candidate, RcaIncident, RcaResult, View
+from rca.base import Candidate, RcaIncident, RcaResult, View, points_with_totals
 
 #: metric name pattern -> role (first match wins); ``resource`` rises at a saturated service, ``served`` is
 #: quality of what a service serves (propagates to its callers), ``served_low`` is served quality where low
@@ -553,7 +553,21 @@ class TopologyAnalyser:
         ids = plain["series_id"].to_list() + edge_series["series_id"].to_list()
         if not ids:
             return pl.DataFrame(), edge_rows
-        points = view.points(ids, incident.baseline_start, incident.end).filter(pl.col("value").is_finite())
+        # usage rows (per tenant, model, ...) are scored as their service's total (see points_with_totals)
+        parts = []
+        if not plain.is_empty():
+            totals, plain_points = points_with_totals(
+                view, plain.drop("role"), incident.baseline_start, incident.end
+            )
+            plain = totals.with_columns(
+                pl.col("metric").replace_strict(role_of, return_dtype=pl.Utf8).alias("role")
+            )
+            parts.append(plain_points)
+        if not edge_series.is_empty():
+            parts.append(
+                view.points(edge_series["series_id"].to_list(), incident.baseline_start, incident.end)
+            )
+        points = pl.concat(parts).filter(pl.col("value").is_finite())
         points = points.with_columns((pl.col("ts") >= incident.onset).alias("_win"))
         if not plain.is_empty():
             out.append(self._series_signals(points, plain, incident.onset))
