@@ -258,8 +258,10 @@ class TopologyAnalyser:
     relative_floor, min_spread_ms
         Smallest spread of span times, as a fraction of the baseline median and in milliseconds (a constant
         baseline is not infinitely sharp).
-    metric_floor
-        The same for metric series (1-minute points are coarser than spans).
+    metric_floor, level_floor
+        The same for metric series (1-minute points are coarser than spans); ``level_floor`` is a fraction of the
+        series' mean level over the whole span, so a sparse series (zero most minutes: median, IQR and jitter all
+        0) cannot score its first non-zero minute as 1e12 spreads.
     use_metrics
         Also score the services' metrics (roles from ``metric_roles``) and edge latencies reported by both ends.
     metric_roles
@@ -313,6 +315,7 @@ class TopologyAnalyser:
     relative_floor: float = 0.05
     min_spread_ms: float = 0.5
     metric_floor: float = 0.05
+    level_floor: float = 0.01
     use_metrics: bool = True
     metric_roles: tuple[tuple[str, str], ...] = METRIC_ROLES
     z_onset: float = 3.0
@@ -607,7 +610,7 @@ class TopologyAnalyser:
             pl.max_horizontal(
                 scale,
                 pl.col("base").abs() * self.metric_floor,
-                pl.col("_level").fill_null(0.0) * self.metric_floor,
+                pl.col("_level").fill_null(0.0) * self.level_floor,
                 pl.lit(1e-9),
             ).alias("spread")
         )
