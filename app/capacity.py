@@ -453,15 +453,18 @@ def _replica_samples(store: Any, settings: CapacitySettings, start: datetime, en
     from ingest import queries as q
 
     step = timedelta(minutes=15)
-    tok = q.resample(
-        store,
-        metric="vllm:generation_tokens_total",
-        start=start,
-        end=end,
-        step=step,
-        agg="rate",
-        group_by=["instance", "model_name"],
-    ).rename({"value": "tokens_per_s"})
+    try:
+        tok = q.resample(
+            store,
+            metric="vllm:generation_tokens_total",
+            start=start,
+            end=end,
+            step=step,
+            agg="rate",
+            group_by=["instance", "model_name"],
+        ).rename({"value": "tokens_per_s"})
+    except q.QueryError:  # no vLLM telemetry: no replica capacity to learn (plan_capacity says so)
+        return pl.DataFrame()
     if tok.height == 0:
         return tok
     out = tok

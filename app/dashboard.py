@@ -32,6 +32,7 @@ def create_dash(server: flask.Flask, store: Store) -> dash.Dash:
         + [
             dcc.Link(page["name"], href=page["relative_path"], className="nav-link")
             for page in dash.page_registry.values()
+            if not page.get("hide_from_nav")  # the incident page is reached from the incident list
         ],
         className="topnav",
     )

@@ -9,13 +9,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Hashable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import flask
 import polars as pl
 
-from ingest import queries
+from ingest import queries, results
 from ingest.store import Store
 
 STORE_KEY = "rootwise.store"
@@ -111,4 +111,406 @@ def metric_frame(
             agg=agg,
             group_by=group_by,
         ),
+    )
+
+
+# -- incidents (pages/incidents.py, pages/incident.py) --------------------------------------------------
+# Incident rows are read through, not cached: responders change their status from the app, and a page that
+# still says "open" right after "Acknowledge" would mislead. The telemetry around an incident is cached.
+
+
+def incident_list(
+    service: str | None = None,
+    status: str | None = None,
+    severity: str | None = None,
+    since: datetime | None = None,
+) -> list[dict[str, Any]]:
+    """Stored incidents as ``rootwise incidents`` lists them, filtered; most recent first."""
+    rows = results.list_incidents(_store(), status=status, service=service, since=since)
+    return [r for r in rows if severity is None or r["severity"] == severity]
+
+
+def incident(incident_id: str) -> dict[str, Any] | None:
+    """One stored incident (``results.get_incident``), or ``None`` when the id is unknown."""
+    return results.get_incident(_store(), incident_id)
+
+
+def incident_series(incident_id: str) -> pl.DataFrame:
+    """The incident's affected series, highest peak first."""
+    return _cached(("incident_series", incident_id), lambda: results.incident_series(_store(), incident_id))
+
+
+def chart_step(start: datetime, end: datetime, points: int = 300) -> timedelta:
+    """A whole-minute step giving about ``points`` buckets between ``start`` and ``end``."""
+    step = max(timedelta(minutes=1), (end - start) / points)
+    return timedelta(minutes=round(step.total_seconds() / 60) or 1)
+
+
+def series_kpi(
+    service: str, metric: str, labels: tuple[tuple[str, str], ...], start: datetime, end: datetime
+) -> tuple[pl.DataFrame, str]:
+    """One affected series on the chart grid, the way detection scored it.
+
+    Gauges average, counters and deltas as a per-second rate, histograms as their p99 (or their mean for
+    detection's ``stat=mean`` series). Detection's own catalog entries (kind ``derived``: aggregates, stitched
+    series, ``stat``) hold no points and the queries refuse to mix kinds: their labels are dropped from the
+    selection, and what remains is narrowed to one kind (:func:`_one_kind_of`).
+
+    Returns
+    -------
+    tuple[pl.DataFrame, str]
+        ``ts, value`` and what the value is (``"avg"``, ``"rate /s"``, ``"p99"``, ``"mean"``).
+    """
+    from app.detect import AGGREGATE_LABEL, HISTOGRAM_STAT_LABEL
+
+    step = chart_step(start, end)
+
+    def compute() -> tuple[pl.DataFrame, str]:
+        store = _store()
+        own = dict(labels)
+        known = set(queries.label_names(store, metric))
+        derived = {AGGREGATE_LABEL, HISTOGRAM_STAT_LABEL}
+        matchers = [queries.Matcher(k, "=", v) for k, v in own.items() if k not in derived]
+        matchers += [queries.Matcher(k, "=", "") for k in sorted(derived & known)]
+        found = queries.find_series(store, metric=metric, service=service, matchers=matchers)
+        kind, narrow = _one_kind_of(found)
+        matchers += narrow
+        if kind == "histogram" and own.get(HISTOGRAM_STAT_LABEL) == "mean":
+            frame = queries.histogram_mean(
+                store, metric=metric, service=service, matchers=matchers, start=start, end=end, step=step
+            )
+            return frame.select("ts", "value"), "mean"
+        if kind == "histogram":
+            frame = queries.histogram_quantiles(
+                store,
+                metric=metric,
+                service=service,
+                matchers=matchers,
+                start=start,
+                end=end,
+                step=step,
+                quantiles=(0.99,),
+            )
+            return frame.select("ts", "value"), "p99"
+        # explicit, so a selection that still mixes kinds fails loudly instead of averaging counters
+        agg = "rate" if kind in ("counter", "delta") else "avg"
+        frame = queries.resample(
+            store, metric=metric, service=service, matchers=matchers, start=start, end=end, step=step, agg=agg
+        )
+        return frame.select("ts", "value"), ("rate /s" if agg == "rate" else "avg")
+
+    return _cached(("series_kpi", service, metric, labels, start, end), compute)
+
+
+def _one_kind_of(found: pl.DataFrame) -> tuple[str | None, list[queries.Matcher]]:
+    """The most numerous kind of series in ``found`` (``find_series`` rows) and a matcher keeping only it.
+
+    A selection may hold detection's point-less ``derived`` entries (a stitched series has its members'
+    labels minus volatile ones such as ``service.version``) and, under one metric name, per-instance counters
+    next to per-tenant usage rows (``delta``). The kind kept is the one with the most series (detection
+    aggregates a metric because it has many series of one kind); it is selected by a label key that all its
+    series have and no other series has, or the reverse. None needed or none found: no matcher (the query
+    then says what is mixed).
+
+    Examples
+    --------
+    >>> rows = pl.DataFrame({"kind": ["counter", "delta", "delta", "derived"], "labels": [
+    ...     [{"key": "instance", "value": "a"}], [{"key": "tenant", "value": "t1"}],
+    ...     [{"key": "tenant", "value": "t2"}], [{"key": "aggregate", "value": "sum"}]]})
+    >>> _one_kind_of(rows)
+    ('delta', [Matcher(label='tenant', op='!=', value='')])
+    """
+    rows = [
+        ({e["key"] for e in ls}, kind)
+        for ls, kind in zip(found["labels"], found["kind"], strict=True)
+        if kind is not None
+    ]
+    kinds = [kind for _, kind in rows if kind != "derived"]
+    if not kinds:
+        return None, []
+    target = max(sorted(set(kinds)), key=kinds.count)
+    if len({kind for _, kind in rows}) == 1:
+        return target, []
+    ours = [keys for keys, kind in rows if kind == target]
+    others = [keys for keys, kind in rows if kind != target]
+    for key in sorted(set.intersection(*ours) - set.union(*others)):
+        return target, [queries.Matcher(key, "!=", "")]
+    for key in sorted(set.intersection(*others) - set.union(*ours)):
+        return target, [queries.Matcher(key, "=", "")]
+    return target, []
+
+
+def anomalies(series_ids: tuple[int, ...], start: datetime, end: datetime) -> pl.DataFrame:
+    """Anomalous points of the given series in ``[start, end)``."""
+    return _cached(
+        ("anomalies", series_ids, start, end),
+        lambda: results.anomalies_between(_store(), series_ids, start, end),
+    )
+
+
+def events_between(start: datetime, end: datetime) -> pl.DataFrame:
+    """Change events in ``[start, end)``, in time order."""
+    return _cached(("events_between", start, end), lambda: queries.events(_store(), start, end))
+
+
+def topology_between(start: datetime, end: datetime) -> pl.DataFrame:
+    """The service call graph in ``[start, end)`` plus declared edges."""
+    return _cached(("topology", start, end), lambda: queries.topology(_store(), start, end))
+
+
+def set_incident_status(incident_id: str, status: str) -> bool:
+    """Record a responder's status change (``False``: no such incident)."""
+    now = datetime.now(UTC).replace(tzinfo=None)
+    return results.set_incident_status(_store(), incident_id, status, now=now)
+
+
+def explain_incident(incident_id: str) -> list[dict[str, Any]] | None:
+    """Run the root-cause engine on a stored incident now, store its causes and return them."""
+    from ingest.rca_view import StoreView
+    from rca.combine import explain_incident as explain
+    from rca.combine import incident_from_record
+
+    store = _store()
+    record = results.get_incident(store, incident_id)
+    if record is None:
+        return None
+    causes = explain(incident_from_record(record), StoreView(store)).to_json()["causes"]
+    results.save_causes(store, incident_id, causes)
+    return causes
+
+
+# -- capacity and service pages (pages/capacity.py, pages/service.py) ----------------------------------
+# A capacity plan fits a forecaster per demand series (about a second on a month of data), so plans are kept
+# for minutes, not seconds, in their own per-app cache: demand forecasts do not change while someone reads.
+CAPACITY_SETTINGS_KEY = "rootwise.capacity_settings"
+PLAN_CACHE_KEY = "rootwise.plan_cache"
+PLAN_TTL_S = 300.0
+#: usage labels a what-if scenario can match (see :func:`app.capacity.scenario_factor`)
+SCENARIO_LABELS = ("tenant", "model", "region")
+#: when a metric mixes kinds of series for a service, the kind plotted: instance telemetry before usage rows
+_KIND_PREFERENCE = ("histogram", "counter", "gauge", "summary", "delta")
+#: chart steps: whole multiples of the 5-minute and hourly rollups, so rollups answer exactly
+_STEPS = tuple(timedelta(minutes=m) for m in (1, 5, 15, 30, 60, 180, 360, 720, 1440))
+
+
+def attach_capacity_settings(server: flask.Flask, settings: Any) -> None:
+    """Give the capacity page the server's ``[capacity]`` settings (``settings_from_config(config.extra)``).
+
+    Without it the page plans with :class:`app.capacity.CapacitySettings` defaults and says so.
+    """
+    server.extensions[CAPACITY_SETTINGS_KEY] = settings
+
+
+def capacity_settings() -> tuple[Any, bool]:
+    """The capacity settings, and whether they came from the server's configuration."""
+    from app.capacity import CapacitySettings
+
+    settings = flask.current_app.extensions.get(CAPACITY_SETTINGS_KEY)
+    return (settings, True) if settings is not None else (CapacitySettings(), False)
+
+
+def capacity_plan(scenario: Any = None) -> Any:
+    """The capacity plan of the store, with ``scenario`` (an :class:`app.capacity.Scenario`) planned after the
+    configured ones; a message string when the store cannot be planned (no points, bad data)."""
+    from dataclasses import replace
+
+    from app.capacity import plan_capacity
+
+    settings, _ = capacity_settings()
+    if scenario is not None:
+        settings = replace(settings, scenarios=(*settings.scenarios, scenario))
+
+    def compute() -> Any:
+        try:
+            return plan_capacity(_store(), settings)
+        except ValueError as exc:  # QueryError is one; an empty store is another
+            return str(exc)
+
+    cache = flask.current_app.extensions.setdefault(PLAN_CACHE_KEY, TtlCache(ttl_s=PLAN_TTL_S, max_items=32))
+    return cache.get(("plan", repr(settings)), compute)
+
+
+def scenario_values() -> dict[str, list[str]]:
+    """Values of each :data:`SCENARIO_LABELS` label in the usage rows (``output_tokens``); empty when absent."""
+
+    def compute() -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for label in SCENARIO_LABELS:
+            try:
+                out[label] = queries.label_values(_store(), label, metric="output_tokens")
+            except queries.QueryError:
+                out[label] = []
+        return out
+
+    return _cached(("scenario_values",), compute)
+
+
+def service_metrics(service: str) -> pl.DataFrame:
+    """``metric, kind, unit, series`` of one service's telemetry (detection's point-less ``derived`` catalog
+    entries left out); empty for a service without metrics."""
+
+    def compute() -> pl.DataFrame:
+        try:
+            frame = queries.metrics(_store(), service)
+        except queries.QueryError:
+            return pl.DataFrame(
+                schema={"metric": pl.Utf8, "kind": pl.Utf8, "unit": pl.Utf8, "series": pl.Int64}
+            )
+        return frame.filter(pl.col("kind") != "derived")
+
+    return _cached(("service_metrics", service), compute)
+
+
+def _catalog(metric: str, service: str) -> pl.DataFrame:
+    """``kind, keys`` (label keys) of each series of ``metric`` in ``service``."""
+
+    def compute() -> pl.DataFrame:
+        found = queries.find_series(_store(), metric=metric, service=service)
+        return found.select(
+            "kind", pl.col("labels").list.eval(pl.element().struct.field("key")).alias("keys")
+        )
+
+    return _cached(("catalog", metric, service), compute)
+
+
+def service_metric_labels(metric: str, service: str) -> list[str]:
+    """Label keys of ``metric``'s series in ``service`` (what its chart can be grouped by), sorted."""
+    cat = _catalog(metric, service).filter(pl.col("kind") != "derived")
+    return sorted({k for keys in cat["keys"].to_list() for k in keys})
+
+
+def _one_kind(metric: str, service: str, by: str | None) -> tuple[queries.Matcher, ...]:
+    """Matchers narrowing ``metric`` in ``service`` to one kind of series.
+
+    A metric may hold per-instance counters next to per-tenant usage rows (``delta``) of the same quantity, and
+    detection registers point-less ``derived`` catalog entries; the queries refuse to mix kinds (and summing
+    counters with usage rows would count requests twice). The kind kept is the first of
+    :data:`_KIND_PREFERENCE` whose series carry ``by``; it is selected by a label key that all its series have
+    and no other series has (or the reverse). No such key: no matchers (the query then says what is mixed).
+    """
+    cat = _catalog(metric, service)
+    kinds = set(cat["kind"].to_list())
+    if len(kinds) <= 1:
+        return ()
+    sets = {k: [set(keys) for keys in cat.filter(pl.col("kind") == k)["keys"].to_list()] for k in kinds}
+    candidates = [k for k in _KIND_PREFERENCE if k in kinds]
+    if by:
+        candidates = [k for k in candidates if any(by in keys for keys in sets[k])] or candidates
+    for kind in candidates:
+        ours = sets[kind]
+        others = [keys for k, rows in sets.items() if k != kind for keys in rows]
+        for key in sorted(set.intersection(*ours)):
+            if not any(key in keys for keys in others):
+                return (queries.Matcher(key, "!=", ""),)
+        for key in sorted(set.intersection(*others) if others else set()):
+            if not any(key in keys for keys in ours):
+                return (queries.Matcher(key, "=", ""),)
+    return ()
+
+
+def nice_step(start: datetime, end: datetime, points: int = 360) -> timedelta:
+    """The finest of :data:`_STEPS` giving at most ``points`` buckets (rollup-aligned, unlike ``chart_step``)."""
+    span = end - start
+    return next((s for s in _STEPS if span / s <= points), _STEPS[-1])
+
+
+def service_series(
+    metric: str,
+    service: str,
+    by: str | None,
+    start: datetime,
+    end: datetime,
+    *,
+    agg: str = "auto",
+    across: str | None = None,
+) -> pl.DataFrame:
+    """``ts, [by], value`` of a counter/gauge/delta metric of one service on :func:`nice_step` buckets.
+
+    A rate is never taken over a step finer than the data: hourly usage rows on 5-minute buckets would show
+    each hour's increase as if it came in 5 minutes (12 times too high). When the buckets holding data are
+    further apart than the step, the query is repeated with the step of :data:`_STEPS` that covers the gap.
+    """
+
+    def query(step: timedelta) -> pl.DataFrame:
+        return queries.resample(
+            _store(),
+            metric=metric,
+            service=service,
+            matchers=_one_kind(metric, service, by),
+            start=start,
+            end=end,
+            step=step,
+            agg=agg,
+            across=across,
+            group_by=(by,) if by else (),
+        )
+
+    def compute() -> pl.DataFrame:
+        step = nice_step(start, end)
+        frame = query(step)
+        if agg not in ("rate", "increase") or frame.height < 3:
+            return frame
+        gaps = frame.sort([by, "ts"] if by else ["ts"]).select(
+            pl.col("ts").diff().over(by).alias("gap") if by else pl.col("ts").diff().alias("gap")
+        )
+        gap_us = gaps["gap"].dt.total_microseconds().median()
+        if not isinstance(gap_us, int | float) or timedelta(microseconds=gap_us) <= step:
+            return frame
+        gap = timedelta(microseconds=gap_us)
+        return query(next((s for s in _STEPS if s >= gap), _STEPS[-1]))
+
+    return _cached(("service_series", metric, service, by, start, end, agg, across), compute)
+
+
+def service_quantiles(
+    metric: str, service: str, by: str | None, quantiles: tuple[float, ...], start: datetime, end: datetime
+) -> pl.DataFrame:
+    """``ts, [by], quantile, value`` of a histogram metric of one service."""
+
+    def compute() -> pl.DataFrame:
+        return queries.histogram_quantiles(
+            _store(),
+            metric=metric,
+            service=service,
+            matchers=_one_kind(metric, service, by),
+            start=start,
+            end=end,
+            step=nice_step(start, end),
+            quantiles=quantiles,
+            group_by=(by,) if by else (),
+        )
+
+    return _cached(("service_quantiles", metric, service, by, quantiles, start, end), compute)
+
+
+def service_histogram_mean(
+    metric: str, service: str, by: str | None, start: datetime, end: datetime
+) -> pl.DataFrame:
+    """``ts, [by], value, count``: the mean observation of a histogram metric of one service."""
+
+    def compute() -> pl.DataFrame:
+        return queries.histogram_mean(
+            _store(),
+            metric=metric,
+            service=service,
+            matchers=_one_kind(metric, service, by),
+            start=start,
+            end=end,
+            step=nice_step(start, end),
+            group_by=(by,) if by else (),
+        )
+
+    return _cached(("service_histogram_mean", metric, service, by, start, end), compute)
+
+
+def service_error_ratio(service: str, by: str | None, start: datetime, end: datetime) -> pl.DataFrame:
+    """``ts, [by], value``: errors / requests of one service per bucket (buckets without requests absent)."""
+    keys = ["ts", by] if by else ["ts"]
+    errors = service_series("errors", service, by, start, end, agg="rate")
+    requests = service_series("requests", service, by, start, end, agg="rate")
+    return (
+        requests.join(errors, on=keys, how="left", suffix="_err", nulls_equal=True)
+        .filter(pl.col("value") > 0)
+        .select(*keys, (pl.col("value_err").fill_null(0.0) / pl.col("value")).alias("value"))
+        .sort(keys, nulls_last=True)
     )

@@ -102,7 +102,7 @@ def _summary_table(plan: CapacityPlan) -> str:
     return f"<table>{head}{''.join(rows)}</table>"
 
 
-def _band_figure(
+def band_figure(
     title: str,
     history: pl.DataFrame,
     forecast: pl.DataFrame,
@@ -110,6 +110,10 @@ def _band_figure(
     unit: str,
     marks: Resource | None,
 ) -> go.Figure:
+    """History, forecast with its 80 % and 95 % bands, the limit and the P50/P90 exhaustion dates.
+
+    Used by the report and by the app's capacity page; ``title`` and ``unit`` are escaped (telemetry text).
+    """
     fig = go.Figure()
     if forecast.height:
         ts = forecast["ts"].to_list()
@@ -244,9 +248,7 @@ def render_html(plan: CapacityPlan, *, static: bool = False) -> str:
         parts.append(f"<h3>{_e(r.name)}</h3><p class='note'>{_e(r.note)}. {_e(r.action)}</p>")
         parts.append(
             chart(
-                _band_figure(
-                    r.name, r.history, r.forecast, r.limit if r.kind != "budget" else None, r.unit, r
-                )
+                band_figure(r.name, r.history, r.forecast, r.limit if r.kind != "budget" else None, r.unit, r)
             )
         )
         if r.kind == "budget":

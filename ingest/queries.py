@@ -484,8 +484,12 @@ def _window(start: datetime, end: datetime, step: timedelta) -> _Window:
 
 
 def _kinds(store: Store, where: str, p: _Params) -> dict[str, int]:
-    """Series count per kind of a selection (``p`` holds exactly the selection's parameters)."""
-    return dict(_rows(store, f"SELECT kind, count(*) FROM series s WHERE {where} GROUP BY kind", p))
+    """Series count per kind of a selection (``p`` holds exactly the selection's parameters).
+
+    ``derived`` rows are detection's catalog entries for series it computes (histogram quantiles, aggregates);
+    they hold no points, so they never decide how a selection is read."""
+    sql = f"SELECT kind, count(*) FROM series s WHERE {where} AND s.kind <> 'derived' GROUP BY kind"
+    return dict(_rows(store, sql, p))
 
 
 def _rollup_end(store: Store, lo: datetime, hi: datetime) -> datetime | None:

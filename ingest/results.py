@@ -444,3 +444,64 @@ def save_causes(store: Store, incident_id: str, causes: list[dict[str, Any]]) ->
             "UPDATE incidents SET causes = $causes WHERE id = $id",
             {"causes": json.dumps(causes, default=str), "id": incident_id},
         )
+
+
+#: statuses a responder can set on an incident (detection itself only opens and resolves)
+INCIDENT_STATUSES = ("open", "acknowledged", "resolved")
+
+
+def set_incident_status(store: Store, incident_id: str, status: str, *, now: datetime) -> bool:
+    """Set an incident's status (``open``, ``acknowledged`` or ``resolved``) and its ``updated`` time.
+
+    Detection keeps an acknowledged status (see :func:`save_detection`), so an acknowledgement survives the
+    next run.
+
+    Returns
+    -------
+    bool
+        ``False`` when no incident has that id.
+    """
+    if status not in INCIDENT_STATUSES:
+        raise ValueError(f"status must be one of {', '.join(INCIDENT_STATUSES)}; got {status!r}")
+    with store.write_transaction() as cur:
+        found = cur.execute("SELECT count(*) FROM incidents WHERE id = $id", {"id": incident_id}).fetchone()
+        if not found or not found[0]:
+            return False
+        cur.execute(
+            "UPDATE incidents SET status = $status, updated = $now WHERE id = $id",
+            {"status": status, "now": now, "id": incident_id},
+        )
+    return True
+
+
+def anomalies_between(
+    store: Store, series_ids: Sequence[int], start: datetime, end: datetime
+) -> pl.DataFrame:
+    """Anomalous points (``is_anomaly``) of the given series in ``[start, end)``.
+
+    Returns
+    -------
+    pl.DataFrame
+        ``series_id, ts, detector, score, expected, lower, upper`` in time order.
+    """
+    columns: dict[str, Any] = {
+        "series_id": pl.Int64,
+        "ts": schema.TS,
+        "detector": pl.Utf8,
+        "score": pl.Float64,
+        "expected": pl.Float64,
+        "lower": pl.Float64,
+        "upper": pl.Float64,
+    }
+    ids = [int(i) for i in series_ids]
+    if not ids:
+        return pl.DataFrame(schema=columns)
+    cur = store.cursor()
+    cur.complete()
+    df = cur.sql(
+        "SELECT series_id, ts, detector, score, expected, lower, upper FROM anomalies "
+        "WHERE is_anomaly AND series_id IN (SELECT unnest($ids::BIGINT[])) AND ts >= $start AND ts < $end "
+        "ORDER BY ts, series_id",
+        params={"ids": ids, "start": start, "end": end},
+    ).pl()
+    return df.cast(pl.Schema(columns)) if df.height else pl.DataFrame(schema=columns)

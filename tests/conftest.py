@@ -49,7 +49,9 @@ def serve_process():
         line = proc.stdout.readline() if proc.stdout else ""
         if not line.startswith("Rootwise listening on http://127.0.0.1:"):
             proc.kill()
-            raise RuntimeError(f"rootwise serve did not start: {line}{proc.stderr.read() if proc.stderr else ''}")
+            raise RuntimeError(
+                f"rootwise serve did not start: {line}{proc.stderr.read() if proc.stderr else ''}"
+            )
         return line.split(" on ", 1)[1].strip(), proc
 
     yield start
@@ -57,3 +59,57 @@ def serve_process():
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+def browser_page():
+    """A 1366x768 page of Debian's headless Chromium (Playwright never downloads a browser).
+
+    It records console errors, page errors and HTTP responses >= 500 in ``page.errors`` and every dialog (an
+    injected ``alert()`` would open one) in ``page.dialogs``, dismissing it; downloads are accepted.
+    """
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        context = browser.new_context(viewport={"width": 1366, "height": 768}, accept_downloads=True)
+        pg = context.new_page()
+        errors: list[str] = []
+        dialogs: list[str] = []
+        pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        pg.on("pageerror", lambda e: errors.append(str(e)))
+        pg.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 500 else None)
+
+        def on_dialog(d):
+            dialogs.append(d.message)
+            d.dismiss()
+
+        pg.on("dialog", on_dialog)
+        pg.errors, pg.dialogs, pg.context_ = errors, dialogs, context  # type: ignore[attr-defined]
+        yield pg
+        browser.close()
+
+
+@pytest.fixture
+def screenshot(tmp_path):
+    """``screenshot(page, name)``: a full-page screenshot kept as a test artifact (in ``tmp_path``, and in
+    ``$ROOTWISE_SCREENSHOTS`` when set)."""
+
+    def save(page, name: str) -> None:
+        page.screenshot(path=str(tmp_path / name), full_page=True)
+        if os.environ.get("ROOTWISE_SCREENSHOTS"):
+            page.screenshot(path=os.path.join(os.environ["ROOTWISE_SCREENSHOTS"], name), full_page=True)
+
+    return save

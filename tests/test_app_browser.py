@@ -39,25 +39,8 @@ def server(tmp_path, serve_process):
     assert proc.wait(timeout=60) == 0
 
 
-@pytest.fixture
-def page():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-        )
-        pg = browser.new_page(viewport={"width": 1366, "height": 768})
-        errors: list[str] = []
-        pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        pg.on("pageerror", lambda e: errors.append(str(e)))
-        pg.errors = errors  # type: ignore[attr-defined]
-        yield pg
-        browser.close()
-
-
-def test_overview_and_explore_render_in_chromium(server, page, tmp_path):
+def test_overview_and_explore_render_in_chromium(server, browser_page, tmp_path, screenshot):
+    page = browser_page
     page.goto(server + "/")
     page.wait_for_selector("#services-table")
     assert "rag-api" in page.inner_text("#services-table")
@@ -69,4 +52,4 @@ def test_overview_and_explore_render_in_chromium(server, page, tmp_path):
     page.screenshot(path=str(tmp_path / "explore.png"))
     if os.environ.get("ROOTWISE_SCREENSHOTS"):
         page.screenshot(path=os.environ["ROOTWISE_SCREENSHOTS"] + "/explore.png")
-    assert page.errors == []
+    assert page.errors == [] and page.dialogs == []

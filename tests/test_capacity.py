@@ -221,3 +221,14 @@ def test_cli_report_capacity_json(growth_store, tmp_path):
     assert {r["kind"] for r in data["resources"]} == {"gpu"}  # quota region r1 has no model: a note, no row
     assert any("r1" in n for n in data["notes"])
     assert main(["report", "capacity", "--db", str(db), "--out", str(tmp_path / "r.txt")]) == 2
+
+
+def test_store_without_vllm_metrics_still_plans_budgets(store):
+    b = MetricBuilder("test")
+    sid = b.series("cost_usd", "gateway", "delta", "USD", {"tenant": "t1"})
+    for i in range(0, 14 * 24):
+        b.point(sid, _ns(T0 + timedelta(hours=i)), 10.0, f"c{i}")
+    store.append(b.build())
+    plan = plan_capacity(store, CapacitySettings(budgets=(Budget("all", 1_000_000.0),)))
+    assert [r.kind for r in plan.resources] == ["budget"]
+    assert any("No vLLM metrics" in n for n in plan.notes)

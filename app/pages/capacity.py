@@ -1,0 +1,309 @@
+"""Capacity: when each constrained resource runs out (P50/P90), what-if scenarios, the leadership report.
+
+The plan is :func:`app.capacity.plan_capacity` over the store with the server's ``[capacity]`` settings (or
+the defaults, which the page says). A what-if (a tenant, model or region's demand times a factor, from a
+date) is planned as one more scenario; the scenario lives in the URL (``?label=tenant&value=t-7&factor=2``).
+"""
+
+from __future__ import annotations
+
+import html as html_text
+import math
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlencode
+
+import dash
+from dash import Input, Output, State, callback, dash_table, dcc, html
+from dash.development.base_component import Component
+
+from app import data
+from app.capacity import CapacityPlan, Resource, Scenario
+from app.report import band_figure, bottom_line, render_html
+
+dash.register_page(__name__, path="/capacity", name="Capacity", order=30, title="Capacity")
+
+
+def _day(text: str | None) -> datetime | None:
+    """The day ``YYYY-MM-DD...`` names; ``None`` for nothing or a bad date (a hand-edited URL plans from now)."""
+    try:
+        return datetime.fromisoformat(text[:10]) if text else None
+    except ValueError:
+        return None
+
+
+def scenario_from_inputs(
+    label: str | None, value: str | None, factor: float | str | None, start: str | None
+) -> Scenario | None:
+    """The what-if the controls describe; ``None`` when they describe no change (factor 1, no label value).
+
+    (Page modules are not collected for doctests: importing one outside an app fails.)
+    """
+    try:
+        f = float(factor) if factor not in (None, "") else 1.0
+    except (TypeError, ValueError):
+        return None
+    if not label or not value or not math.isfinite(f) or f < 0 or f == 1.0:
+        return None
+    when = _day(start)
+    name = f"What-if: {label}={value} x{f:g}" + (f" from {when:%Y-%m-%d}" if when else "")
+    return Scenario(name=name, match={label: value}, factor=f, start=when)
+
+
+def _date(ts: datetime | None, now: datetime, horizon: int) -> str:
+    return f"{ts:%Y-%m-%d} ({(ts - now).days} d)" if ts else f"not within {horizon} d"
+
+
+def resource_rows(plan: CapacityPlan, scenario: Scenario | None) -> list[dict[str, Any]]:
+    """One table row per resource; with a scenario, its P50/P90 next to the baseline's."""
+    what_if = {r.name: r for r in plan.scenarios.get(scenario.name, ())} if scenario else {}
+    horizon = plan.settings.horizon_days
+    rows = []
+    for r in plan.resources:
+        use = r.utilisation(30)
+        row = {
+            "resource": r.name,
+            "limit": f"{r.limit:,.0f} {r.unit}",
+            "now": f"{r.current:,.0f}",
+            "headroom": f"{r.headroom:.0%}",
+            "use30": "" if use is None else f"{use[0]:.0%} / {use[1]:.0%}",
+            "p50": _date(r.p50, plan.created, horizon),
+            "p90": _date(r.p90, plan.created, horizon),
+            "action": r.action,
+            "cost": f"{r.monthly_cost:,.0f}",
+        }
+        if scenario:
+            s = what_if.get(r.name)
+            row["s_p50"] = _date(s.p50, plan.created, horizon) if s else "n/a"
+            row["s_p90"] = _date(s.p90, plan.created, horizon) if s else "n/a"
+        rows.append(row)
+    return rows
+
+
+def _columns(scenario: Scenario | None) -> list[dict[str, str]]:
+    cols = [
+        ("resource", "Resource"),
+        ("limit", "Limit"),
+        ("now", "Now (latest daily peak)"),
+        ("headroom", "Headroom"),
+        ("use30", "Use in 30 d, P50 / P90"),
+        ("p50", "Runs out, P50"),
+        ("p90", "Runs out, P90"),
+    ]
+    if scenario:
+        cols += [("s_p50", "What-if P50"), ("s_p90", "What-if P90")]
+    cols += [("action", "Action"), ("cost", "Cost, USD/month")]
+    return [{"id": i, "name": n} for i, n in cols]
+
+
+def _table(rows: list[dict[str, Any]], columns: list[dict[str, str]], table_id: str) -> Component:
+    return dash_table.DataTable(
+        id=table_id,
+        data=rows,
+        columns=columns,
+        style_table={"overflowX": "auto"},
+        style_cell={
+            "textAlign": "left",
+            "fontFamily": "system-ui",
+            "fontSize": 13,
+            "whiteSpace": "normal",
+            "height": "auto",
+            "maxWidth": 320,
+        },
+        style_header={"fontWeight": 600, "backgroundColor": "#eef1f5"},
+        # a date (with its day count) is a resource that runs out: red, like the report
+        style_data_conditional=[
+            {"if": {"filter_query": f'{{{c["id"]}}} contains "("', "column_id": c["id"]}, "color": "#ab091e"}
+            for c in columns
+            if c["id"] in ("p50", "p90", "s_p50", "s_p90")
+        ],
+    )
+
+
+def _chart(r: Resource, scenario: Resource | None) -> dcc.Graph:
+    shown = scenario or r
+    title = r.name + (" (what-if)" if scenario else "")
+    fig = band_figure(
+        title, shown.history, shown.forecast, r.limit if r.kind != "budget" else None, r.unit, shown
+    )
+    fig.update_layout(height=310, legend={"y": -0.2}, margin={"b": 50})
+    for note in fig.layout.annotations:  # the P50 and P90 marks are often a day apart: keep both readable
+        if note.text and note.text.startswith("P50 "):
+            note.yshift = -16
+    # no "responsive" config: with it Dash draws the chart once at an unknown size (console errors)
+    return dcc.Graph(figure=fig, config={"displaylogo": False}, className="cap-chart")
+
+
+def plan_view(plan: CapacityPlan | str, scenario: Scenario | None, configured: bool) -> list[Any]:
+    """The page body for a plan (or the message why there is none)."""
+    source = (
+        "Settings: [capacity] from the server's rootwise.toml."
+        if configured
+        else "Settings: defaults (no [capacity] settings reached the app: limits come from telemetry only, "
+        "no GPU quota and no budgets)."
+    )
+    if isinstance(plan, str):
+        out = [html.P(f"Capacity cannot be planned from this store: {plan}", className="notice")]
+        if "vllm:generation_tokens_total" not in data.metric_names():
+            out.append(
+                html.P(
+                    "GPU capacity is learned from vLLM metrics (vllm:generation_tokens_total, "
+                    "vllm:gpu_cache_usage_perc); this store has none.",
+                    className="note",
+                )
+            )
+        return [*out, html.P(source, className="note")]
+    s = plan.settings
+    body: list[Any] = [
+        html.P(bottom_line(plan), className="bottom-line", id="cap-bottom-line"),
+        html.P(
+            f"Times in UTC · plan of {plan.created:%Y-%m-%d %H:%M} UTC · history {plan.history_start:%Y-%m-%d} – "
+            f"{plan.history_end:%Y-%m-%d} · horizon {s.horizon_days} days · P50 = median forecast, P90 = 90th "
+            f"percentile · {source}",
+            className="meta",
+        ),
+    ]
+    body += [html.P(f"Note: {n}", className="note") for n in plan.notes]
+    if scenario:
+        body.append(
+            html.P(
+                f"{scenario.name}: applied to GPU throughput (a tenant through its share of each model and "
+                "region's demand); GPU quota and budgets show the baseline.",
+                className="note",
+                id="cap-scenario-note",
+            )
+        )
+    if not plan.resources:
+        body.append(
+            html.P(
+                "No constrained resource to plan: GPU capacity needs vLLM metrics "
+                "(vllm:generation_tokens_total, vllm:gpu_cache_usage_perc), budgets need [[capacity.budgets]].",
+                className="notice",
+            )
+        )
+        return body
+    body.append(_table(resource_rows(plan, scenario), _columns(scenario), "cap-table"))
+    what_if = {r.name: r for r in plan.scenarios.get(scenario.name, ())} if scenario else {}
+    body.append(html.H3("Daily peak demand, forecast with 80 % and 95 % intervals (days in UTC)"))
+    body.append(html.Div([_chart(r, what_if.get(r.name)) for r in plan.resources], className="cap-charts"))
+    if plan.replicas:
+        body.append(html.H3("What one replica sustains"))
+        body.append(
+            _table(
+                [
+                    {
+                        "model": c.model,
+                        "tokens": f"{c.tokens_per_s:,.0f}",
+                        "basis": c.basis,
+                        "observed": f"{c.observed_max:,.0f}",
+                        "samples": c.samples,
+                    }
+                    for c in plan.replicas
+                ],
+                [
+                    {"id": "model", "name": "Model"},
+                    {"id": "tokens", "name": "Tokens/s per replica"},
+                    {"id": "basis", "name": "Limited by"},
+                    {"id": "observed", "name": "Highest observed"},
+                    {"id": "samples", "name": "Samples"},
+                ],
+                "cap-replicas",
+            )
+        )
+    return body
+
+
+def layout(
+    label: str = "tenant",
+    value: str | None = None,
+    factor: str = "1",
+    start: str | None = None,
+    **_query: str,
+) -> html.Div:
+    """The capacity page; the what-if controls start from the URL."""
+    values = data.scenario_values()
+    labels = [k for k in data.SCENARIO_LABELS if values.get(k)]
+    chosen = label if label in labels else (labels[0] if labels else None)
+    options = values.get(chosen, []) if chosen else []
+    return html.Div(
+        [
+            html.H2("Capacity"),
+            html.Div(
+                [
+                    html.Span("What-if:", className="control-label"),
+                    dcc.Dropdown(labels, chosen, id="cap-label", clearable=False, placeholder="label"),
+                    dcc.Dropdown(
+                        options, value if value in options else None, id="cap-value", placeholder="value"
+                    ),
+                    html.Span("demand x", className="control-label"),
+                    dcc.Input(id="cap-factor", type="number", value=factor, min=0, step=0.1, debounce=True),
+                    dcc.DatePickerSingle(
+                        id="cap-start",
+                        date=f"{when:%Y-%m-%d}" if (when := _day(start)) else None,
+                        placeholder="from now",
+                        clearable=True,
+                        display_format="YYYY-MM-DD",
+                    ),
+                    html.Button(
+                        "Download leadership report (HTML)",
+                        id="cap-report",
+                        n_clicks=0,
+                        className="btn primary",
+                    ),
+                ],
+                className="controls cap-controls",
+            ),
+            dcc.Download(id="cap-download"),
+            dcc.Location(id="cap-url", refresh=False),
+            dcc.Loading(html.Div(id="cap-body"), type="dot"),
+        ]
+    )
+
+
+@callback(
+    Output("cap-value", "options"),
+    Output("cap-value", "value"),
+    Input("cap-label", "value"),
+    State("cap-value", "value"),
+    prevent_initial_call=True,
+)
+def _value_options(label, value):
+    options = data.scenario_values().get(label or "", [])
+    return options, value if value in options else None
+
+
+@callback(
+    Output("cap-body", "children"),
+    Output("cap-url", "search"),
+    Input("cap-label", "value"),
+    Input("cap-value", "value"),
+    Input("cap-factor", "value"),
+    Input("cap-start", "date"),
+)
+def _plan(label, value, factor, start):
+    scenario = scenario_from_inputs(label, value, factor, start)
+    _, configured = data.capacity_settings()
+    query = {"label": label, "value": value, "factor": factor, "start": start} if scenario else {}
+    search = "?" + urlencode({k: v for k, v in query.items() if v not in (None, "")}) if query else ""
+    return plan_view(data.capacity_plan(scenario), scenario, configured), search
+
+
+@callback(
+    Output("cap-download", "data"),
+    Input("cap-report", "n_clicks"),
+    State("cap-label", "value"),
+    State("cap-value", "value"),
+    State("cap-factor", "value"),
+    State("cap-start", "date"),
+    prevent_initial_call=True,
+)
+def _report(_clicks, label, value, factor, start):
+    plan = data.capacity_plan(scenario_from_inputs(label, value, factor, start))
+    if isinstance(plan, str):
+        return dcc.send_string(
+            f"<!DOCTYPE html><p>Capacity cannot be planned from this store: {html_text.escape(plan)}</p>",
+            "rootwise-capacity-error.html",
+        )
+    return dcc.send_string(
+        render_html(plan), f"rootwise-capacity-{plan.created:%Y-%m-%d}.html", type="text/html"
+    )

@@ -1,0 +1,380 @@
+"""One service: golden signals and ML serving signals, each a small chart, grouped by a label, over a range.
+
+The URL carries the service and the view (``/service/rag-api?range=24h&by=region``). A panel is shown only
+when the service has its metric; each panel has its own group-by (the labels of its metric), which the
+page-level group-by sets for every panel whose metric carries that label.
+"""
+
+from __future__ import annotations
+
+import html as html_text
+import textwrap
+from datetime import datetime, timedelta
+from typing import NamedTuple
+from urllib.parse import quote, unquote, urlencode
+
+import dash
+import plotly.graph_objects as go
+import polars as pl
+from dash import ALL, MATCH, Input, Output, State, callback, dcc, html
+
+from app import data
+from ingest.queries import QueryError
+
+dash.register_page(
+    __name__, path="/service", path_template="/service/<name>", name="Service", order=20, title="Service"
+)
+
+RANGES = {
+    "1h": timedelta(hours=1),
+    "6h": timedelta(hours=6),
+    "24h": timedelta(days=1),
+    "3d": timedelta(days=3),
+    "7d": timedelta(days=7),
+    "30d": timedelta(days=30),
+}
+#: groups drawn per chart; more would be unreadable (the chart says how many there are)
+TOP_GROUPS = 12
+
+
+class Panel(NamedTuple):
+    """One chart: the first of ``metrics`` the service has, computed as ``how``.
+
+    ``how``: ``rate`` (per second, times ``scale``), ``gauge`` (average per series, combined ``across``),
+    ``ratio`` (errors / requests), ``quantiles`` (p50 and p99 of a histogram), ``score`` (a histogram's mean
+    and its p10–p90 band: a shifting prediction-score distribution is model drift).
+    A named tuple, not a dataclass: Dash executes page modules without registering them in ``sys.modules``,
+    which dataclasses need to resolve postponed annotations.
+    """
+
+    key: str
+    title: str
+    metrics: tuple[str, ...]
+    how: str
+    unit: str
+    scale: float = 1.0
+    across: str | None = None
+
+
+PANELS = (
+    Panel("requests", "Request rate", ("requests",), "rate", "requests/s"),
+    Panel("errors", "Error ratio", ("errors",), "ratio", "errors / requests"),
+    Panel(
+        "latency",
+        "Latency p50 / p99",
+        ("http.server.request.duration", "gen_ai.server.request.duration"),
+        "quantiles",
+        "s",
+    ),
+    Panel("ttft", "Time to first token p50 / p99", ("gen_ai.server.time_to_first_token",), "quantiles", "s"),
+    Panel(
+        "tpot",
+        "Time per output token p50 / p99",
+        ("gen_ai.server.time_per_output_token",),
+        "quantiles",
+        "s",
+    ),
+    Panel("tokens_in", "Input tokens", ("input_tokens", "vllm:prompt_tokens_total"), "rate", "tokens/s"),
+    Panel(
+        "tokens_out", "Output tokens", ("output_tokens", "vllm:generation_tokens_total"), "rate", "tokens/s"
+    ),
+    Panel(
+        "queue", "Queue: requests waiting", ("vllm:num_requests_waiting",), "gauge", "requests", across="sum"
+    ),
+    Panel(
+        "kv",
+        "KV-cache use (fullest instance)",
+        ("vllm:gpu_cache_usage_perc",),
+        "gauge",
+        "fraction",
+        across="max",
+    ),
+    Panel("gpu_util", "GPU utilisation", ("DCGM_FI_DEV_GPU_UTIL",), "gauge", "%"),
+    Panel("gpu_mem", "GPU memory used per GPU", ("DCGM_FI_DEV_FB_USED",), "gauge", "MiB"),
+    Panel("cost", "Cost", ("cost_usd",), "rate", "USD/hour", scale=3600.0),
+    Panel("score", "Prediction score: mean, p10–p90", ("prediction.score",), "score", "score"),
+)
+_BY_KEY = {p.key: p for p in PANELS}
+_HISTOGRAM = frozenset({"quantiles", "score"})
+_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+
+
+def panel_metric(panel: Panel, kinds: dict[str, set[str]]) -> str | None:
+    """The metric ``panel`` plots for a service whose metrics have ``kinds`` (``None``: the panel is hidden).
+
+    Quantile and score panels need a histogram, the others a non-histogram; the error ratio needs requests.
+    """
+    for metric in panel.metrics:
+        have = kinds.get(metric, set())
+        if not have or (panel.how in _HISTOGRAM) != ("histogram" in have):
+            continue
+        if panel.how == "ratio" and not kinds.get("requests"):
+            continue
+        return metric
+    return None
+
+
+def _kinds(service: str) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for metric, kind in data.service_metrics(service).select("metric", "kind").iter_rows():
+        out.setdefault(metric, set()).add(kind)
+    return out
+
+
+def _window(rng: str | None) -> tuple[datetime, datetime] | None:
+    bounds = data.data_range()
+    if bounds is None:
+        return None
+    end = bounds[1]
+    return max(bounds[0], end - RANGES.get(rng or "24h", RANGES["24h"])), end
+
+
+def layout(name: str | None = None, range: str = "24h", by: str | None = None, **_query: str) -> html.Div:  # noqa: A002 (URL key)
+    """The page for ``/service/<name>`` (``/service``: the picker alone)."""
+    services = data.service_names()
+    name = unquote(name) if name else None
+    rng = range if range in RANGES else "24h"
+    known = name in services
+    kinds = _kinds(name) if name and known else {}
+    panels = [(p, m) for p in PANELS if (m := panel_metric(p, kinds))]
+    labels = {p.key: data.service_metric_labels(m, name) for p, m in panels} if name else {}
+    every = sorted({label for values in labels.values() for label in values})
+    header = [
+        html.H2(["Service ", html.Span(name or "", className="svc-name")]),
+        html.Div(
+            [
+                dcc.Dropdown(services, name, id="svc-picker", placeholder="pick a service", clearable=False),
+                dcc.Dropdown(list(RANGES), rng, id="svc-range", clearable=False),
+                dcc.Dropdown(
+                    every, by if by in every else None, id="svc-by", placeholder="group every chart by label"
+                ),
+            ],
+            className="controls svc-controls",
+        ),
+        dcc.Location(id="svc-url", refresh=False),
+        dcc.Location(id="svc-nav", refresh="callback-nav"),
+        dcc.Store(id="svc-name", data=name),
+    ]
+    if not name:
+        links = [html.Li(dcc.Link(s, href=f"/service/{quote(s, safe='')}?range={rng}")) for s in services]
+        return html.Div(
+            [
+                *header,
+                html.P("Pick a service to see its golden signals and ML serving signals."),
+                html.Ul(links),
+            ]
+        )
+    if not known:
+        return html.Div([*header, html.P(f"No service named {name!r} in the store.", className="notice")])
+    if not panels:
+        return html.Div([*header, html.P("This service has no metrics in the store.", className="notice")])
+    window = _window(rng)
+    span = (
+        f"{window[0]:%Y-%m-%d %H:%M} – {window[1]:%Y-%m-%d %H:%M} UTC, step {data.nice_step(*window)}"
+        if window
+        else "no data"
+    )
+    cards = [
+        html.Div(
+            [
+                html.Div(
+                    [
+                        html.Span(p.title, className="svc-panel-title"),
+                        html.Span(f" {m}", className="svc-panel-metric", title=m),
+                        dcc.Dropdown(
+                            labels[p.key],
+                            by if by in labels[p.key] else None,
+                            id={"type": "svc-panel-by", "panel": p.key},
+                            placeholder="group by",
+                            className="svc-panel-by",
+                        ),
+                    ],
+                    className="svc-panel-head",
+                ),
+                dcc.Graph(
+                    id={"type": "svc-graph", "panel": p.key},
+                    config={"displaylogo": False},  # "responsive" draws once at no size: console errors
+                    className="svc-panel-graph",
+                ),
+            ],
+            className="svc-panel",
+            id=f"panel-{p.key}",
+        )
+        for p, m in panels
+    ]
+    return html.Div(
+        [*header, html.P(f"Times in UTC · {span}", className="meta"), html.Div(cards, className="svc-panels")]
+    )
+
+
+def _empty(message: str) -> go.Figure:
+    """An empty chart that says why (query errors name the metric or label; wrapped to fit the panel)."""
+    fig = go.Figure()
+    text = "<br>".join(html_text.escape(line) for line in textwrap.wrap(message, 60)[:6])
+    fig.update_layout(
+        annotations=[{"text": text, "showarrow": False, "xref": "paper", "yref": "paper"}],
+        xaxis={"visible": False},
+        yaxis={"visible": False},
+        template="plotly_white",
+        height=260,
+        margin={"l": 10, "r": 10, "t": 10, "b": 10},
+    )
+    return fig
+
+
+def _top(frame: pl.DataFrame, by: str) -> tuple[list[str | None], int]:
+    """The ``TOP_GROUPS`` groups with the highest mean value, in name order (so a label value keeps its colour
+    from panel to panel), and how many groups there are."""
+    means = frame.group_by(by).agg(pl.col("value").mean()).sort("value", descending=True, nulls_last=True)
+    top = means[by].head(TOP_GROUPS).to_list()
+    return sorted(top, key=lambda v: (v is None, v or "")), means.height
+
+
+def _name(by: str, value: str | None) -> str:
+    # legend text is telemetry: escaped, since plotly renders a subset of HTML in trace names
+    return html_text.escape(f"{by}={value}" if value is not None else f"no {by} label")
+
+
+def panel_figure(panel: Panel, metric: str, service: str, by: str | None, rng: str | None) -> go.Figure:
+    """The figure of one panel (a message in an empty chart when there is nothing to plot)."""
+    window = _window(rng)
+    if window is None:
+        return _empty("no data in the store")
+    start, end = window
+    try:
+        if panel.how == "rate":
+            frame = data.service_series(metric, service, by, start, end, agg="rate")
+            frame = frame.with_columns(pl.col("value") * panel.scale)
+        elif panel.how == "gauge":
+            frame = data.service_series(metric, service, by, start, end, agg="avg", across=panel.across)
+        elif panel.how == "ratio":
+            frame = data.service_error_ratio(service, by, start, end)
+        elif panel.how == "quantiles":
+            qs = (0.99,) if by else (0.5, 0.99)  # grouped: one line per group (p99), readable
+            frame = data.service_quantiles(metric, service, by, qs, start, end)
+        else:  # score
+            frame = data.service_histogram_mean(metric, service, by, start, end)
+    except QueryError as exc:
+        return _empty(str(exc))
+    if frame.height == 0:
+        return _empty("no points in this range")
+    fig = go.Figure()
+    subtitle = ""  # what the lines are, when the card's title does not say it all
+    if by:
+        groups, total = _top(frame, by)
+        subtitle = (
+            "p99 " if panel.how == "quantiles" else "mean " if panel.how == "score" else ""
+        ) + f"by {by}"
+        if total > len(groups):
+            subtitle += f", top {len(groups)} of {total}"
+        for i, value in enumerate(groups):
+            part = frame.filter(pl.col(by).is_null() if value is None else pl.col(by) == value)
+            fig.add_scatter(
+                x=part["ts"].to_list(),
+                y=part["value"].to_list(),
+                mode="lines",
+                name=_name(by, value),
+                line={"color": _PALETTE[i % len(_PALETTE)], "width": 1.5},
+            )
+    elif panel.how == "quantiles":
+        for q, dash_style in ((0.5, "solid"), (0.99, "dot")):
+            part = frame.filter(pl.col("quantile") == q)
+            fig.add_scatter(
+                x=part["ts"].to_list(),
+                y=part["value"].to_list(),
+                mode="lines",
+                name=f"p{q * 100:g}",
+                line={"color": _PALETTE[0], "dash": dash_style, "width": 1.5},
+            )
+    elif panel.how == "score":
+        band = data.service_quantiles(metric, service, None, (0.1, 0.9), start, end)
+        lo, hi = band.filter(pl.col("quantile") == 0.1), band.filter(pl.col("quantile") == 0.9)
+        if lo.height and lo.height == hi.height:
+            ts = lo["ts"].to_list()
+            fig.add_scatter(
+                x=ts + ts[::-1],
+                y=hi["value"].to_list() + lo["value"].to_list()[::-1],
+                fill="toself",
+                fillcolor="rgba(31,119,180,0.2)",
+                line={"width": 0},
+                name="p10–p90",
+                hoverinfo="skip",
+            )
+        fig.add_scatter(
+            x=frame["ts"].to_list(),
+            y=frame["value"].to_list(),
+            mode="lines",
+            name="mean",
+            line={"width": 1.5},
+        )
+    else:
+        fig.add_scatter(
+            x=frame["ts"].to_list(),
+            y=frame["value"].to_list(),
+            mode="lines",
+            name=html_text.escape(metric),
+            line={"color": _PALETTE[0], "width": 1.5},
+        )
+    fig.update_layout(
+        title={"text": html_text.escape(subtitle), "font": {"size": 11, "color": "#667085"}, "x": 0.01},
+        height=260,
+        margin={"l": 48, "r": 10, "t": 24 if subtitle else 10, "b": 28},
+        xaxis_title=None,
+        yaxis_title=html_text.escape(panel.unit),
+        yaxis={"rangemode": "tozero"},
+        legend={"orientation": "h", "y": -0.18, "font": {"size": 10}},
+        showlegend=bool(by) or panel.how in _HISTOGRAM,
+        template="plotly_white",
+        hovermode="x unified",
+    )
+    return fig
+
+
+@callback(
+    Output({"type": "svc-graph", "panel": MATCH}, "figure"),
+    Input({"type": "svc-panel-by", "panel": MATCH}, "value"),
+    Input("svc-range", "value"),
+    State({"type": "svc-panel-by", "panel": MATCH}, "id"),
+    State("svc-name", "data"),
+)
+def _plot(by, rng, panel_id, service):
+    panel = _BY_KEY[panel_id["panel"]]
+    metric = panel_metric(panel, _kinds(service))
+    if metric is None:  # the service lost the metric since the page loaded (retention)
+        return _empty("no such metric for this service any more")
+    return panel_figure(panel, metric, service, by, rng)
+
+
+@callback(
+    Output({"type": "svc-panel-by", "panel": ALL}, "value"),
+    Input("svc-by", "value"),
+    State({"type": "svc-panel-by", "panel": ALL}, "options"),
+    prevent_initial_call=True,
+)
+def _group_every_panel(by, options):
+    return [by if by in (opts or []) else None for opts in options]
+
+
+@callback(
+    Output("svc-url", "search"),
+    Input("svc-range", "value"),
+    Input("svc-by", "value"),
+    prevent_initial_call=True,
+)
+def _sync_url(rng, by):
+    return "?" + urlencode({k: v for k, v in {"range": rng, "by": by}.items() if v})
+
+
+@callback(
+    Output("svc-nav", "href"),
+    Input("svc-picker", "value"),
+    State("svc-name", "data"),
+    State("svc-range", "value"),
+    State("svc-by", "value"),
+    prevent_initial_call=True,
+)
+def _pick(service, current, rng, by):
+    if not service or service == current:
+        return dash.no_update
+    query = urlencode({k: v for k, v in {"range": rng, "by": by}.items() if v})
+    return f"/service/{quote(service, safe='')}" + (f"?{query}" if query else "")
