@@ -125,15 +125,23 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from app.capacity import CapacityConfigError, settings_from_config
     from app.config import ConfigError, load_config
     from app.server import serve
 
     try:
         config = load_config(args.config)
-    except ConfigError as exc:
+        capacity = settings_from_config(config.extra) if "capacity" in config.extra else None
+    except (ConfigError, CapacityConfigError) as exc:
         raise CliError(str(exc)) from exc
+    from app import data
     from app.dashboard import mount_dashboard
     from ingest.scrape import ScrapeTarget
+
+    def mount(server: Any, store: Any) -> None:
+        mount_dashboard(server, store)
+        if capacity is not None:  # the capacity page plans with the configured limits, budgets, scenarios
+            data.attach_capacity_settings(server, capacity)
 
     targets = [ScrapeTarget(url=s.url, service=s.service, labels=s.labels) for s in config.scrape]
     serve(
@@ -142,7 +150,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         token=config.token.reveal() if config.token else None,
         tenant_attribute=config.tenant_attribute,
-        mount=mount_dashboard,
+        mount=mount,
         scrape=targets,
         # one schedule for every target: the shortest interval any target asks for
         scrape_interval_s=min((s.interval_s for s in config.scrape), default=15.0),
@@ -573,6 +581,24 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    from app.alerts.config import check_config
+
+    errors, counts = check_config(args.config)
+    if args.format == "json":
+        print(
+            json.dumps(
+                {"ok": not errors, "config": args.config, "errors": errors, "defines": counts}, indent=2
+            )
+        )
+    elif errors:
+        for e in errors:
+            print(f"rootwise: error: {e}", file=sys.stderr)
+    else:
+        print(f"OK {args.config}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    return 2 if errors else 0
+
+
 def _shared_data() -> Path:
     return Path(
         os.environ.get("ROOTWISE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
@@ -790,6 +816,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=float, default=0.5)
     p.add_argument("--out", default=None, help="JSON results file (default bench-results/eval-WHAT.json)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "config", help="validate rootwise.toml (server, scrape, capacity, slos, receivers, routes)"
+    )
+    _common(p, db=False)
+    p.add_argument("action", choices=("check",))
+    p.add_argument("--config", default="rootwise.toml", help="config file (default ./rootwise.toml)")
+    p.set_defaults(func=cmd_config)
     return parser
 
 

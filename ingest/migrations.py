@@ -155,4 +155,21 @@ MIGRATIONS += (
     ),
 )
 
+MIGRATIONS += (
+    Migration(
+        7,
+        "alert outbox: dedup key, event, per-key sequence, group key, deadline, last attempt",
+        # the row id is a hash of (receiver, dedup_key, event, seq), so the primary key alone makes enqueueing
+        # idempotent; no secondary index, which DuckDB would make block later ALTERs of this table
+        """
+        ALTER TABLE alert_outbox ADD COLUMN dedup_key VARCHAR;
+        ALTER TABLE alert_outbox ADD COLUMN event VARCHAR;
+        ALTER TABLE alert_outbox ADD COLUMN seq INTEGER;
+        ALTER TABLE alert_outbox ADD COLUMN group_key VARCHAR;
+        ALTER TABLE alert_outbox ADD COLUMN dead_after TIMESTAMP;
+        ALTER TABLE alert_outbox ADD COLUMN last_attempt TIMESTAMP;
+        """,
+    ),
+)
+
 LATEST = MIGRATIONS[-1].version
