@@ -16,7 +16,7 @@ so a resolve never overtakes the trigger it resolves.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -48,6 +48,10 @@ class NewNotification:
     group_key: str
     payload: str
     dead_after: datetime
+    #: the earliest time to send (grouping: ``group_wait`` / ``group_interval``); None: at once
+    not_before: datetime | None = None
+    #: a reminder (``repeat_interval``): a trigger that may follow a delivered trigger of the same key
+    repeat: bool = False
 
 
 @dataclass(frozen=True)
@@ -121,13 +125,14 @@ def enqueue(store: Store, items: Sequence[NewNotification], *, now: datetime) ->
                 {"r": it.receiver, "k": it.dedup_key},
             ).fetchone()
             last_event, last_seq = (last[0], int(last[1] or 0)) if last else (None, 0)
-            if last_event not in ALLOWED_AFTER[it.event]:
+            allowed = ALLOWED_AFTER[it.event] + (("trigger",) if it.repeat and it.event == "trigger" else ())
+            if last_event not in allowed:
                 continue
             rid = row_id(it.receiver, it.dedup_key, it.event, last_seq + 1)
             inserted = cur.execute(
                 "INSERT INTO alert_outbox (id, incident_id, receiver, event, dedup_key, seq, group_key, payload, "
                 "status, attempts, next_attempt, created, dead_after) "
-                "VALUES ($id, $inc, $r, $e, $k, $seq, $g, $p, $status, 0, $now, $now, $dead) "
+                "VALUES ($id, $inc, $r, $e, $k, $seq, $g, $p, $status, 0, $next, $now, $dead) "
                 "ON CONFLICT (id) DO NOTHING",
                 {
                     "id": rid,
@@ -140,6 +145,7 @@ def enqueue(store: Store, items: Sequence[NewNotification], *, now: datetime) ->
                     "p": it.payload,
                     "status": PENDING,
                     "now": now,
+                    "next": max(now, it.not_before) if it.not_before is not None else now,
                     "dead": it.dead_after,
                 },
             ).fetchone()
@@ -271,4 +277,166 @@ def status_counts(store: Store) -> dict[str, int]:
     return {
         s: int(n)
         for s, n in cur.execute("SELECT status, count(*) FROM alert_outbox GROUP BY status").fetchall()
+    }
+
+
+@dataclass(frozen=True)
+class GroupState:
+    """What the outbox knows of one ``(receiver, group_key)``: when its pending rows are due (the batch being
+    gathered), when it last delivered, and whether it ever had a row."""
+
+    pending_due: datetime | None
+    last_delivered: datetime | None
+    seen: bool
+
+
+def group_state(store: Store, receiver: str, group_key: str) -> GroupState:
+    cur = store.cursor()
+    cur.complete()
+    row = cur.execute(
+        "SELECT min(next_attempt) FILTER (WHERE status = $pending), max(delivered), count(*) "
+        "FROM alert_outbox WHERE receiver = $r AND group_key = $g",
+        {"pending": PENDING, "r": receiver, "g": group_key},
+    ).fetchone()
+    return GroupState(row[0], row[1], bool(row[2])) if row else GroupState(None, None, False)
+
+
+def last_events(store: Store, incident_ids: Sequence[str]) -> dict[tuple[str, str], OutboxRow]:
+    """The newest row per ``(receiver, dedup_key)`` of these incidents (for reminders)."""
+    if not incident_ids:
+        return {}
+    cur = store.cursor()
+    cur.complete()
+    sql = (
+        f"SELECT {_COLUMNS} FROM alert_outbox WHERE incident_id IN (SELECT unnest($ids)) "
+        "QUALIFY row_number() OVER (PARTITION BY receiver, dedup_key ORDER BY seq DESC) = 1"
+    )
+    return {(r.receiver, r.dedup_key): r for r in _rows(cur, sql, {"ids": list(incident_ids)})}
+
+
+def group_members(store: Store, row: OutboxRow, now: datetime, *, limit: int = 200) -> list[OutboxRow]:
+    """The due pending rows of ``row``'s receiver and group other than ``row`` (sent with it as one message)."""
+    cur = store.cursor()
+    cur.complete()
+    sql = (
+        f"SELECT {_COLUMNS} FROM alert_outbox o WHERE o.status = $pending AND o.next_attempt <= $now "
+        "AND o.receiver = $r AND o.group_key = $g AND o.id <> $id "
+        "AND NOT EXISTS (SELECT 1 FROM alert_outbox p WHERE p.receiver = o.receiver AND p.dedup_key = o.dedup_key "
+        "AND p.status = $pending AND p.seq < o.seq) "
+        "ORDER BY o.created, o.seq LIMIT $limit"
+    )
+    params = {"pending": PENDING, "now": now, "r": row.receiver, "g": row.group_key, "id": row.id}
+    return _rows(cur, sql, {**params, "limit": int(limit)})
+
+
+def pending_count(store: Store) -> dict[str, int]:
+    """Pending rows per receiver (the delivery queue depth)."""
+    cur = store.cursor()
+    cur.complete()
+    return {
+        r: int(n)
+        for r, n in cur.execute(
+            "SELECT receiver, count(*) FROM alert_outbox WHERE status = $p GROUP BY receiver", {"p": PENDING}
+        ).fetchall()
+    }
+
+
+# --- silences ---------------------------------------------------------------------------------------------
+
+_SILENCE_COLUMNS = "id, matchers, starts_at, ends_at, created_by, comment, created"
+
+
+def add_silence(
+    store: Store,
+    *,
+    silence_id: str,
+    matchers_json: str,
+    starts_at: datetime,
+    ends_at: datetime,
+    created_by: str,
+    comment: str,
+    created: datetime,
+) -> None:
+    with store.write_transaction() as cur:
+        cur.execute(
+            f"INSERT INTO silences ({_SILENCE_COLUMNS}) VALUES ($id, $m, $s, $e, $by, $c, $now)",
+            {
+                "id": silence_id,
+                "m": matchers_json,
+                "s": starts_at,
+                "e": ends_at,
+                "by": created_by,
+                "c": comment,
+                "now": created,
+            },
+        )
+
+
+def expire_silence(store: Store, silence_id: str, *, now: datetime) -> bool:
+    """End a silence now; False when there is no such silence or it has already ended."""
+    with store.write_transaction() as cur:
+        row = cur.execute(
+            "UPDATE silences SET ends_at = greatest(starts_at, $now) WHERE id = $id AND ends_at > $now RETURNING id",
+            {"id": silence_id, "now": now},
+        ).fetchone()
+    return row is not None
+
+
+def silence_rows(store: Store, *, ended_after: datetime | None = None) -> list[tuple[Any, ...]]:
+    """Silences as ``(id, matchers_json, starts_at, ends_at, created_by, comment, created)``, newest first;
+    ``ended_after`` keeps only those ending after that time (active and pending ones)."""
+    cur = store.cursor()
+    cur.complete()
+    cond, params = ("WHERE ends_at > $t", {"t": ended_after}) if ended_after is not None else ("", {})
+    return cur.execute(
+        f"SELECT {_SILENCE_COLUMNS} FROM silences {cond} ORDER BY created DESC", params
+    ).fetchall()
+
+
+# --- holds (silenced or inhibited incidents) ---------------------------------------------------------------
+
+
+def set_holds(
+    store: Store, holds: Mapping[str, tuple[str, str | None, str]], *, considered: Sequence[str], now: datetime
+) -> None:
+    """Record the holds of the incidents ``considered`` in one pass: ``holds[incident_id] = (kind, source_id,
+    reason)``; a considered incident without a hold has its old hold removed. ``since`` is kept while a hold
+    of the same kind and source continues."""
+    with store.write_transaction() as cur:
+        old = {
+            r[0]: (r[1], r[2])
+            for r in cur.execute(
+                "SELECT incident_id, kind, source_id FROM alert_holds WHERE incident_id IN (SELECT unnest($ids))",
+                {"ids": list(considered)},
+            ).fetchall()
+        }
+        released = [i for i in considered if i in old and i not in holds]
+        if released:
+            cur.execute(
+                "DELETE FROM alert_holds WHERE incident_id IN (SELECT unnest($ids))", {"ids": released}
+            )
+        for incident_id, (kind, source_id, reason) in holds.items():
+            if old.get(incident_id) == (kind, source_id):
+                cur.execute(
+                    "UPDATE alert_holds SET reason = $reason, updated = $now WHERE incident_id = $id",
+                    {"reason": reason, "now": now, "id": incident_id},
+                )
+            else:
+                cur.execute(
+                    "INSERT OR REPLACE INTO alert_holds (incident_id, kind, source_id, reason, since, updated) "
+                    "VALUES ($id, $kind, $src, $reason, $now, $now)",
+                    {"id": incident_id, "kind": kind, "src": source_id, "reason": reason, "now": now},
+                )
+
+
+def holds(store: Store) -> dict[str, dict[str, Any]]:
+    """Current holds by incident id: ``kind`` (``silence``, ``inhibit``, ``rca``), ``source_id``, ``reason``,
+    ``since``."""
+    cur = store.cursor()
+    cur.complete()
+    return {
+        r[0]: {"kind": r[1], "source_id": r[2], "reason": r[3], "since": _iso(r[4])}
+        for r in cur.execute(
+            "SELECT incident_id, kind, source_id, reason, since FROM alert_holds ORDER BY since"
+        ).fetchall()
     }

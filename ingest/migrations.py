@@ -172,4 +172,21 @@ MIGRATIONS += (
     ),
 )
 
+MIGRATIONS += (
+    Migration(
+        8,
+        "alerting: silences, and the current hold (silence or inhibition) of each incident's notifications",
+        """
+        CREATE TABLE silences (
+            id VARCHAR PRIMARY KEY, matchers VARCHAR NOT NULL, starts_at TIMESTAMP NOT NULL,
+            ends_at TIMESTAMP NOT NULL, created_by VARCHAR, comment VARCHAR, created TIMESTAMP NOT NULL
+        );
+        CREATE TABLE alert_holds (
+            incident_id VARCHAR PRIMARY KEY, kind VARCHAR NOT NULL, source_id VARCHAR, reason VARCHAR,
+            since TIMESTAMP NOT NULL, updated TIMESTAMP NOT NULL
+        );
+        """,
+    ),
+)
+
 LATEST = MIGRATIONS[-1].version

@@ -236,10 +236,16 @@ def list_incidents(
     service: str | None = None,
     since: datetime | None = None,
     limit: int | None = None,
+    firing_or_updated_since: datetime | None = None,
 ) -> list[dict[str, Any]]:
     """Incidents as DESIGN.md's JSON objects (``id, service, metric, labels, start, end, severity, status,
-    causes``) plus ``peak`` and ``series`` (affected series count), most recent first."""
+    causes``) plus ``peak`` and ``series`` (affected series count), most recent first.
+
+    ``firing_or_updated_since`` keeps the incidents not resolved plus those updated since then (alerting)."""
     conds, params = ["TRUE"], {}
+    if firing_or_updated_since is not None:
+        conds.append("(status <> 'resolved' OR updated >= $updated_since)")
+        params["updated_since"] = firing_or_updated_since
     if status:
         conds.append("status = $status")
         params["status"] = status

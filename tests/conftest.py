@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -113,3 +115,13 @@ def screenshot(tmp_path):
             page.screenshot(path=os.path.join(os.environ["ROOTWISE_SCREENSHOTS"], name), full_page=True)
 
     return save
+
+
+@pytest.fixture
+def receiver() -> Iterator[Any]:
+    """A real HTTP receiver on 127.0.0.1 (``alerting_support.Receiver``) for alert deliveries."""
+    from alerting_support import Receiver
+
+    r = Receiver().start()
+    yield r
+    r.stop()

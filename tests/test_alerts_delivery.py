@@ -14,112 +14,37 @@ import hmac
 import json
 import logging
 import random
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pytest
+from alerting_support import (
+    OG_KEY,
+    PD_KEY,
+    SLACK_TOKEN,
+    T0,
+    WH_SECRET,
+    Receiver,
+    Reply,
+    incident,
+    make_config,
+    run_until_idle,
+)
 
 from app.alerts import outbox
-from app.alerts.config import RECEIVER_TYPES, AlertingConfig, alerting_from_config
+from app.alerts.config import RECEIVER_TYPES, AlertingConfig, RouteConfig, alerting_from_config
 from app.alerts.notifiers import NOTIFIERS, Notification, build_notifier, build_notifiers
 from app.alerts.outbox import RateLimiter, deliver_due, delivery_log, enqueue, enqueue_incident, send_test
 from detectors.incidents import Incident
 from ingest import alerts_store
 from ingest.results import list_incidents, save_causes, save_detection
 from ingest.store import Store
-
-T0 = datetime(2026, 3, 1, 12, 0, 0)
-PD_KEY = "pd-routing-key-SECRET-0123456789ab"
-OG_KEY = "og-api-key-SECRET-89abcdef01234567"
-WH_KEY = b"standard-webhooks-key-32-bytes!!"
-WH_SECRET = "whsec_" + base64.b64encode(WH_KEY).decode()
-SLACK_TOKEN = "SLACKTOKENSECRETxxxxxxxxxxxx"
-
-
-# -- a real HTTP receiver --------------------------------------------------------------------------------
-@dataclass
-class Received:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-    status: int
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-Reply = tuple[int, dict[str, str], bytes]
-
-
-class Receiver:
-    """``ThreadingHTTPServer`` on 127.0.0.1 in a thread; ``reply(path, headers, body)`` decides each answer."""
-
-    def __init__(self) -> None:
-        self.received: list[Received] = []
-        self.reply: Callable[[str, dict[str, str], bytes], Reply] = lambda p, h, b: (
-            202,
-            {},
-            b'{"status":"ok"}',
-        )
-        self.port = 0
-        self._server: ThreadingHTTPServer | None = None
-        self._lock = threading.Lock()
-
-    def start(self) -> Receiver:
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                status, extra, answer = owner.reply(self.path, headers, body)
-                with owner._lock:
-                    owner.received.append(Received(self.path, headers, body, status))
-                self.send_response(status)
-                for k, v in extra.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.port = self._server.server_address[1]
-        threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        ).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def ok(self, path_prefix: str = "") -> list[Received]:
-        return [r for r in self.received if 200 <= r.status < 300 and r.path.startswith(path_prefix)]
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver().start()
-    yield r
-    r.stop()
 
 
 @pytest.fixture
@@ -132,58 +57,6 @@ def store(db: Path) -> Iterator[Store]:
     s = Store(db)
     yield s
     s.close()
-
-
-def make_config(monkeypatch: pytest.MonkeyPatch, base: str, **overrides: Any) -> AlertingConfig:
-    monkeypatch.setenv("T_PD_KEY", PD_KEY)
-    monkeypatch.setenv("T_OG_KEY", OG_KEY)
-    monkeypatch.setenv("T_WH_SECRET", WH_SECRET)
-    receivers = [
-        {"name": "pd", "type": "pagerduty", "url": f"{base}/pd", "routing_key": "${T_PD_KEY}"},
-        {"name": "chat", "type": "slack", "url": f"{base}/services/T01/B02/{SLACK_TOKEN}"},
-        {"name": "og", "type": "opsgenie", "url": f"{base}/og", "api_key": "${T_OG_KEY}"},
-        {"name": "hook", "type": "webhook", "url": f"{base}/hook", "secret": "${T_WH_SECRET}"},
-    ]
-    for r in receivers:
-        r.update(overrides.get(r["name"], {}))
-    return alerting_from_config(
-        {"receivers": receivers, "alerting": {"external_url": "http://rootwise.test:8050"}}
-    )
-
-
-def incident(i: int = 1, status: str = "open", **over: Any) -> dict[str, Any]:
-    base = {
-        "id": f"inc-{i}",
-        "service": "llm-gateway",
-        "metric": "ttft_p95",
-        "labels": {"model": "llama-70b"},
-        "start": "2026-03-01T11:50:00",
-        "end": "2026-03-01T11:59:00",
-        "severity": "page",
-        "status": status,
-        "peak": 8.0,
-        "causes": [{"rank": 1, "kind": "change", "evidence": {"explanation": "deploy v42"}}],
-    }
-    return {**base, **over}
-
-
-def run_until_idle(
-    store: Store,
-    config: AlertingConfig,
-    start: datetime,
-    *,
-    step_s: float = 15,
-    max_passes: int = 400,
-    **kw: Any,
-) -> datetime:
-    """Deliver pass after pass on a simulated clock until nothing is pending; returns the clock."""
-    notifiers, rng, limiter, now = build_notifiers(config), random.Random(7), RateLimiter(), start
-    for _ in range(max_passes):
-        deliver_due(store, notifiers, now, rng=rng, limiter=limiter, **kw)
-        if not alerts_store.status_counts(store).get("pending"):
-            return now
-        now += timedelta(seconds=step_s)
-    raise AssertionError(f"still pending after {max_passes} passes: {alerts_store.status_counts(store)}")
 
 
 # -- Standard Webhooks signature, verified independently ----------------------------------------------
@@ -352,8 +225,9 @@ def test_receiver_down_then_back_delivers_each_notification_exactly_once(
         body = r.json()
         if r.path == "/pd":
             got["pd", body["dedup_key"], body["event_action"]] += 1
-        elif r.path == "/hook":
-            got["hook", r.headers["webhook-id"], body["status"]] += 1
+        elif r.path == "/hook":  # one message may carry a group's alerts: count each alert
+            for a in body["alerts"]:
+                got["hook", a["labels"]["incident_id"], a["status"]] += 1
         elif r.path == "/og/v2/alerts":
             got["og", body["alias"], "create"] += 1
         else:
@@ -455,7 +329,9 @@ def test_restart_mid_way_still_delivers_pending_rows(
         assert {r["id"] for r in delivery_log(s2, status="delivered")} == set(ids)
     finally:
         s2.close()
-    assert sorted(r.headers["webhook-id"] for r in receiver.ok()) == sorted(f"msg_{i}" for i in ids)
+    # the three are one group: delivered together, each alert once
+    sent = [a["labels"]["incident_id"] for r in receiver.ok() for a in r.json()["alerts"]]
+    assert sorted(sent) == ["inc-1", "inc-2", "inc-3"]
 
 
 def test_crash_between_send_and_mark_resends_never_loses(
@@ -570,8 +446,9 @@ def test_rate_limit_defers_without_counting_attempts(
 ) -> None:
     config = make_config(monkeypatch, receiver.url)  # Slack: 60/min, bursts of one
     receiver.reply = lambda p, h, b: (200, {}, b"ok")
+    per_incident = RouteConfig("chat", group_by=("incident_id",))  # five groups: five messages
     for i in range(1, 6):
-        enqueue(store, incident(i), "trigger", [config.receivers["chat"]], now=T0)
+        enqueue(store, incident(i), "trigger", [config.receivers["chat"]], now=T0, route=per_incident)
     notifiers, limiter, rng = build_notifiers(config), RateLimiter(), random.Random(0)
     report = deliver_due(store, notifiers, T0, rng=rng, limiter=limiter)
     assert len(report.delivered) == 1 and len(report.deferred) == 4

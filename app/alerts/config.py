@@ -133,12 +133,42 @@ class RouteConfig:
 
 
 @dataclass(frozen=True)
+class InhibitRule:
+    """One ``[[inhibit_rules]]`` table (Alertmanager's): while an incident matching ``source_match`` fires, hold
+    the notifications of incidents matching ``target_match`` that have the same values of the ``equal`` labels.
+
+    Examples
+    --------
+    >>> rule = InhibitRule({"severity": "page"}, {"severity": "ticket"}, ("service",))
+    >>> rule.inhibits({"severity": "page", "service": "api"}, {"severity": "ticket", "service": "api"})
+    True
+    >>> rule.inhibits({"severity": "page", "service": "api"}, {"severity": "ticket", "service": "db"})
+    False
+    """
+
+    source_match: Mapping[str, str] = field(default_factory=dict)
+    target_match: Mapping[str, str] = field(default_factory=dict)
+    equal: tuple[str, ...] = ()
+
+    def inhibits(self, source: Mapping[str, str], target: Mapping[str, str]) -> bool:
+        return (
+            all(source.get(k) == v for k, v in self.source_match.items())
+            and all(target.get(k) == v for k, v in self.target_match.items())
+            and all(source.get(k, "") == target.get(k, "") for k in self.equal)
+        )
+
+
+@dataclass(frozen=True)
 class AlertingConfig:
-    """Receivers by name and the ordered routes; ``external_url`` is where the app is reached (for links)."""
+    """Receivers by name, the ordered routes and the inhibit rules; ``external_url`` is where the app is reached
+    (for links); ``rca_inhibition`` holds the pages of services that only suffer from another firing incident's
+    service (see :mod:`app.alerts.router`)."""
 
     receivers: Mapping[str, ReceiverConfig] = field(default_factory=dict)
     routes: tuple[RouteConfig, ...] = ()
     external_url: str = "http://127.0.0.1:8050"
+    inhibit_rules: tuple[InhibitRule, ...] = ()
+    rca_inhibition: bool = True
 
     def route(self, labels: Mapping[str, str]) -> list[tuple[ReceiverConfig, RouteConfig]]:
         """The receivers an alert with these labels goes to, each with the route that chose it.
@@ -355,6 +385,32 @@ def _route(i: int, item: Any, names: set[str], errors: _Errors) -> RouteConfig |
     return None if len(errors.items) > n_before else route
 
 
+def _inhibit_rule(i: int, item: Any, errors: _Errors) -> InhibitRule | None:
+    where = f"inhibit_rules[{i}]"
+    if not isinstance(item, dict):
+        errors.add(f"{where}: expected a table ([[inhibit_rules]]), got {type(item).__name__}")
+        return None
+    n_before = len(errors.items)
+    allowed = ("source_match", "target_match", "equal")
+    unknown = [k for k in item if k not in allowed]
+    if unknown:
+        errors.add(f"{where}: unknown key {', '.join(map(repr, unknown))}; expected one of {', '.join(allowed)}")
+    tables = {}
+    for key in ("source_match", "target_match"):
+        value = item.get(key)
+        if not isinstance(value, dict) or not value or not all(isinstance(v, str) for v in value.values()):
+            errors.add(f'{where}.{key}: required, a non-empty table of label = "value"')
+            value = {}
+        tables[key] = dict(value)
+    equal = item.get("equal", [])
+    if not isinstance(equal, list) or not all(isinstance(v, str) for v in equal):
+        errors.add(f"{where}.equal: expected an array of label names, got {equal!r}")
+        equal = []
+    if len(errors.items) > n_before:
+        return None
+    return InhibitRule(tables["source_match"], tables["target_match"], tuple(equal))
+
+
 def alerting_from_config(extra: Mapping[str, Any]) -> AlertingConfig:
     """Receivers and routes from a parsed ``rootwise.toml`` (``Config.extra``); raises :class:`AlertConfigError`
     listing every problem.
@@ -398,22 +454,44 @@ def alerting_from_config(extra: Mapping[str, Any]) -> AlertingConfig:
         route = _route(i, item, names, errors)
         if route is not None:
             routes.append(route)
+    raw_rules = extra.get("inhibit_rules", [])
+    rules: list[InhibitRule] = []
+    if not isinstance(raw_rules, list):
+        errors.add(f"inhibit_rules: expected an array of tables ([[inhibit_rules]]), got {type(raw_rules).__name__}")
+        raw_rules = []
+    for i, item in enumerate(raw_rules):
+        rule = _inhibit_rule(i, item, errors)
+        if rule is not None:
+            rules.append(rule)
     alerting = extra.get("alerting", {})
     external_url = "http://127.0.0.1:8050"
+    rca_inhibition = True
     if not isinstance(alerting, dict):
         errors.add(f"alerting: expected a table ([alerting]), got {type(alerting).__name__}")
     else:
-        unknown = [k for k in alerting if k != "external_url"]
+        unknown = [k for k in alerting if k not in ("external_url", "rca_inhibition")]
         if unknown:
-            errors.add(f"alerting: unknown key {', '.join(map(repr, unknown))}; expected external_url")
+            errors.add(
+                f"alerting: unknown key {', '.join(map(repr, unknown))}; expected external_url or rca_inhibition"
+            )
         value = alerting.get("external_url", external_url)
         if not isinstance(value, str) or urlsplit(value).scheme not in ("http", "https"):
             errors.add(f"alerting.external_url: expected an http(s) URL, got {value!r}")
         else:
             external_url = value.rstrip("/")
+        rca_inhibition = alerting.get("rca_inhibition", True)
+        if not isinstance(rca_inhibition, bool):
+            errors.add(f"alerting.rca_inhibition: expected true or false, got {rca_inhibition!r}")
+            rca_inhibition = True
     if errors.items:
         raise AlertConfigError(errors.items)
-    return AlertingConfig(receivers=receivers, routes=tuple(routes), external_url=external_url)
+    return AlertingConfig(
+        receivers=receivers,
+        routes=tuple(routes),
+        external_url=external_url,
+        inhibit_rules=tuple(rules),
+        rca_inhibition=rca_inhibition,
+    )
 
 
 def check_config(path: str | Path) -> tuple[list[str], dict[str, int]]:
@@ -446,6 +524,7 @@ def check_config(path: str | Path) -> tuple[list[str], dict[str, int]]:
         alerting = alerting_from_config(config.extra)
         counts["receivers"] = len(alerting.receivers)
         counts["routes"] = len(alerting.routes)
+        counts["inhibit_rules"] = len(alerting.inhibit_rules)
     except AlertConfigError as exc:
         errors.extend(exc.errors)
     return [f"{config.path}: {e}" for e in errors], counts

@@ -137,6 +137,20 @@ class Notification:
     group_labels: Mapping[str, str] = field(default_factory=dict)
     external_url: str = ""
     sent_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    #: the other notifications of the same receiver and group sent in this one message (Slack, webhook)
+    members: tuple[Notification, ...] = ()
+
+    @property
+    def batch(self) -> tuple[Notification, ...]:
+        """This notification and its group members, in order."""
+        return (self, *self.members)
+
+    @property
+    def message_id(self) -> str:
+        """Stable per message content: the row id, or a hash of the batch's row ids (``webhook-id``)."""
+        if not self.members:
+            return self.id
+        return "grp_" + hashlib.sha256("\x1f".join(sorted(n.id for n in self.batch)).encode()).hexdigest()[:32]
 
     @property
     def status(self) -> str:
@@ -145,7 +159,9 @@ class Notification:
 
     @property
     def labels(self) -> dict[str, str]:
-        return alert_labels(self.incident)
+        """The labels it was routed by (``root_cause_service`` included when the router added it)."""
+        routed = self.incident.get("alert_labels")
+        return {str(k): str(v) for k, v in routed.items()} if isinstance(routed, dict) else alert_labels(self.incident)
 
     def causes(self, n: int = MAX_CAUSES) -> list[dict[str, Any]]:
         """The top ``n`` causes, ranked."""
@@ -173,7 +189,15 @@ class Notification:
         top = self.causes(1)
         if top and self.event != "resolve":
             text += f"; likely cause: {cause_text(top[0])}"
+        held = self.holding()
+        if held and self.event != "resolve":
+            services = ", ".join(sorted({str(h.get("service")) for h in held}))
+            text += f"; holding {len(held)} downstream page{'s' if len(held) != 1 else ''} ({services})"
         return text
+
+    def holding(self) -> list[dict[str, Any]]:
+        """The incidents of downstream services whose pages this one holds (RCA-aware inhibition)."""
+        return [h for h in self.incident.get("holding") or [] if isinstance(h, dict)]
 
     def fingerprint(self) -> str:
         """16 hex digits identifying the label set (Alertmanager's ``fingerprint`` field)."""
@@ -288,6 +312,8 @@ class Notifier:
 
     type: ClassVar[str] = ""
     events: ClassVar[frozenset[str]] = frozenset({"trigger", "resolve"})
+    #: whether one request can carry a group's notifications (``Notification.members``)
+    batches: ClassVar[bool] = False
 
     def __init__(self, receiver: ReceiverConfig) -> None:
         if receiver.type != self.type:

@@ -27,7 +27,7 @@ import logging
 import random
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
@@ -249,7 +249,10 @@ def deliver_due(
     limiter = limiter if limiter is not None else RateLimiter()
     report = DeliveryReport()
     backing_off: set[str] = set()
+    handled: set[str] = set()  # rows sent as members of an earlier row's group message
     for row in alerts_store.due(store, now, limit=limit):
+        if row.id in handled:
+            continue
         if row.dead_after is not None and now >= row.dead_after:
             error = "deadline passed before delivery" + (
                 f"; last error: {row.last_error}" if row.last_error else ""
@@ -280,8 +283,26 @@ def deliver_due(
             )
             report.failed.append(row.id)
             continue
+        rows = [row]
+        if notifier.batches:
+            members = [
+                m
+                for m in alerts_store.group_members(store, row, now)
+                if m.id not in handled and (m.dead_after is None or now < m.dead_after)
+            ]
+            readable = []
+            for m in members:
+                try:
+                    readable.append((m, notification_from_row(m, sent_at=now)))
+                except (ValueError, KeyError, TypeError):
+                    continue  # its own turn marks it failed
+            if readable:
+                rows += [m for m, _ in readable]
+                notification = replace(notification, members=tuple(n for _, n in readable))
+        handled.update(r.id for r in rows)
         result = notifier.send(notification)
-        _record(store, row, result, now, rng, report, backing_off)
+        for r in rows:
+            _record(store, r, result, now, rng, report, backing_off)
     return report
 
 

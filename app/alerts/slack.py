@@ -73,6 +73,7 @@ class SlackNotifier(Notifier):
     """
 
     type: ClassVar[str] = "slack"
+    batches: ClassVar[bool] = True
 
     def blocks(self, n: Notification) -> list[dict[str, Any]]:
         inc = n.incident
@@ -134,6 +135,14 @@ class SlackNotifier(Notifier):
                         "elements": [{"type": "mrkdwn", "text": f"and {hidden} more in Rootwise"}],
                     }
                 )
+        if n.members:
+            # the rest of the group, one line each, in the room left (the tail stays last)
+            room = MAX_BLOCKS - len(blocks) - len(tail) - 2
+            blocks.append({"type": "divider"})
+            blocks.append(_section(f"*Also in this group: {len(n.members)}*"))
+            for m in n.members[: max(0, room)]:
+                link = f"<{m.link}|open>"
+                blocks.append(_section(fit(m.summary(), SECTION_LIMIT - len(link) - 1) + " " + link))
         return (blocks + tail)[:MAX_BLOCKS]
 
     def request(self, n: Notification) -> HttpRequest:

@@ -55,7 +55,29 @@ class WebhookNotifier(Notifier):
 
     type: ClassVar[str] = "webhook"
 
+    batches: ClassVar[bool] = True
+
     def body(self, n: Notification) -> dict[str, Any]:
+        alerts = [self.alert(m) for m in n.batch]
+        firing = any(m.status == "firing" for m in n.batch)
+        common = dict(alerts[0]["labels"])
+        for a in alerts[1:]:
+            common = {k: v for k, v in common.items() if a["labels"].get(k) == v}
+        return {
+            "version": "4",
+            "groupKey": n.group_key,
+            "truncatedAlerts": 0,
+            "status": "firing" if firing else "resolved",
+            "receiver": n.receiver,
+            "groupLabels": dict(n.group_labels),
+            "commonLabels": common,
+            "commonAnnotations": alerts[0]["annotations"] if len(alerts) == 1 else {},
+            "externalURL": n.external_url,
+            "alerts": alerts,
+        }
+
+    def alert(self, n: Notification) -> dict[str, Any]:
+        """One entry of ``alerts[]``."""
         inc = n.incident
         labels = n.labels
         annotations = {
@@ -64,7 +86,7 @@ class WebhookNotifier(Notifier):
             "incident_url": n.link,
             "causes": json.dumps([compact_cause(c) for c in n.causes()], default=str),
         }
-        alert = {
+        return {
             "status": n.status,
             "labels": labels,
             "annotations": annotations,
@@ -73,18 +95,6 @@ class WebhookNotifier(Notifier):
             "generatorURL": n.link,
             "fingerprint": n.fingerprint(),
         }
-        return {
-            "version": "4",
-            "groupKey": n.group_key,
-            "truncatedAlerts": 0,
-            "status": n.status,
-            "receiver": n.receiver,
-            "groupLabels": dict(n.group_labels),
-            "commonLabels": labels,
-            "commonAnnotations": annotations,
-            "externalURL": n.external_url,
-            "alerts": [alert],
-        }
 
     def request(self, n: Notification) -> HttpRequest:
         data = json.dumps(self.body(n), separators=(",", ":"), default=str).encode()
@@ -92,7 +102,7 @@ class WebhookNotifier(Notifier):
         if self.receiver.secret is not None:
             sent = n.sent_at if n.sent_at.tzinfo else n.sent_at.replace(tzinfo=UTC)
             ts = int(sent.timestamp())
-            msg_id = f"msg_{n.id}"
+            msg_id = f"msg_{n.message_id}"
             headers.update(
                 {
                     "webhook-id": msg_id,
