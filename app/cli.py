@@ -125,15 +125,22 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from app.alerts.config import alerting_from_config
     from app.capacity import CapacityConfigError, settings_from_config
     from app.config import ConfigError, load_config
+    from app.scheduler import Scheduler, scheduler_settings
     from app.server import serve
 
     try:
         config = load_config(args.config)
         capacity = settings_from_config(config.extra) if "capacity" in config.extra else None
+        # a malformed config is refused before anything starts, naming every bad key
+        alerting = alerting_from_config(config.extra)
+        schedule = scheduler_settings(config.extra)
     except (ConfigError, CapacityConfigError) as exc:
-        raise CliError(str(exc)) from exc
+        raise CliError(f"{args.config or 'config'}: {exc}") from exc
+    if args.no_scheduler:
+        schedule = replace(schedule, enabled=False)
     from app import data
     from app.dashboard import mount_dashboard
     from ingest.scrape import ScrapeTarget
@@ -156,6 +163,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         scrape_interval_s=min((s.interval_s for s in config.scrape), default=15.0),
         max_body_bytes=config.max_body_bytes,
         decode_workers=args.decode_workers,
+        scheduler=lambda store: Scheduler(
+            store, settings=schedule, alerting=alerting, capacity=capacity, db_path=args.db
+        ),
     )
     return 0
 
@@ -666,6 +676,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="processes decoding OTLP bodies (default: one per core; 0: in the request threads)",
+    )
+    p.add_argument(
+        "--no-scheduler",
+        action="store_true",
+        help="receive and show only: no detection, RCA, alerting or reports (as [scheduler] enabled = false)",
     )
     p.set_defaults(func=cmd_serve)
 

@@ -116,7 +116,15 @@ def run_demo(
         return 1
     if serve:
         from app.dashboard import mount_dashboard
+        from app.scheduler import Scheduler
         from app.server import serve as serve_app
 
-        serve_app(db, host=host, port=port, mount=mount_dashboard)
+        # the scheduler keeps detecting and explaining what arrives (nothing is routed: no receivers configured)
+        serve_app(
+            db,
+            host=host,
+            port=port,
+            mount=mount_dashboard,
+            scheduler=lambda store: Scheduler(store, db_path=db),
+        )
     return 0

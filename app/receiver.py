@@ -342,8 +342,11 @@ def otlp_blueprint(
 
     @bp.get("/metrics")
     def metrics() -> flask.Response:
+        # other parts of the process (the scheduler) add their families through app.extensions
+        extra = [f() for f in flask.current_app.extensions.get("rootwise_metrics", [])]
         return flask.Response(
-            stats.prometheus(writer), content_type="text/plain; version=0.0.4; charset=utf-8"
+            stats.prometheus(writer) + "".join(extra),
+            content_type="text/plain; version=0.0.4; charset=utf-8",
         )
 
     return bp

@@ -6,6 +6,7 @@ go out, flush the write queue, checkpoint and close the DuckDB file, return (exi
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import signal
@@ -106,8 +107,27 @@ def create_server_app(
             decode_pool=decode_pool,
         )
     )
+    from app.api import api_blueprint
+
+    app.register_blueprint(api_blueprint(store, token=token))
     if mount is not None:
         mount(app, store)
+    app.extensions.setdefault("rootwise_ready", [lambda: (writer.running, {"writer": writer.running})])
+
+    @app.get("/readyz")
+    def readyz() -> flask.Response:
+        """503 until every part is up, and from the moment shutdown starts; the body says which part."""
+        body: dict[str, Any] = {"stopping": bool(app.extensions.get("rootwise_stopping"))}
+        ok = not body["stopping"]
+        for check in app.extensions["rootwise_ready"]:
+            part_ok, part = check()
+            ok = ok and part_ok
+            body.update(part)
+        body["status"] = "ready" if ok else "not ready"
+        return flask.Response(
+            json.dumps(body, default=str), status=200 if ok else 503, content_type="application/json"
+        )
+
     return app, writer
 
 
@@ -124,6 +144,7 @@ def serve(
     scrape_interval_s: float = 15.0,
     max_body_bytes: int = MAX_BODY_BYTES,
     decode_workers: int | None = None,
+    scheduler: Callable[[Store], Any] | None = None,
 ) -> None:
     """Open ``db``, serve the receiver (and whatever ``mount`` adds) on ``host:port`` until SIGTERM/SIGINT.
 
@@ -131,6 +152,8 @@ def serve(
     main thread (it installs signal handlers). ``scrape`` targets are scraped every ``scrape_interval_s``
     seconds into the same writer as the OTLP receiver. OTLP bodies are decoded in ``decode_workers`` worker
     processes (default: one per core, measured best on 2 cores; 0 decodes in the request threads).
+    ``scheduler(store)`` builds the :class:`app.scheduler.Scheduler` (detection, RCA, alerting, reports): it
+    starts once the server listens and stops after the write queue is flushed, with a last delivery pass.
     """
     if decode_workers is None:
         decode_workers = os.cpu_count() or 1
@@ -177,6 +200,19 @@ def serve(
         if pool is not None:
             pool.shutdown(cancel_futures=True)
         raise
+    sched = None
+    if scheduler is not None:
+        try:
+            sched = scheduler(store)
+        except BaseException:
+            server.close()
+            writer.close(timeout=60)
+            store.close()
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+            raise
+        app.extensions["rootwise_metrics"] = [*app.extensions.get("rootwise_metrics", []), sched.prometheus]
+        app.extensions["rootwise_ready"] = [*app.extensions["rootwise_ready"], sched.ready]
     stop = threading.Event()
     scraper = (
         Scraper(list(scrape), sink=_writer_sink(writer, stop), interval_s=scrape_interval_s)
@@ -185,8 +221,11 @@ def serve(
     )
     if scraper is not None:
         scraper.start()
+    if sched is not None:
+        sched.start()
 
     def on_signal(signum: int, frame: Any) -> None:
+        app.extensions["rootwise_stopping"] = True
         stop.set()
         server.pull_trigger()  # wake the loop now instead of at its next timeout
 
@@ -207,6 +246,8 @@ def serve(
         server.close()
         wasyncore.close_all(socket_map)
         writer.close(timeout=60)
+        if sched is not None:
+            sched.stop(flush=True)  # the current pass ends, then one last delivery pass
         store.close()
         if pool is not None:
             pool.shutdown(cancel_futures=True)

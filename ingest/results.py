@@ -511,3 +511,11 @@ def anomalies_between(
         params={"ids": ids, "start": start, "end": end},
     ).pl()
     return df.cast(pl.Schema(columns)) if df.height else pl.DataFrame(schema=columns)
+
+
+def last_capacity_report(store: Store) -> datetime | None:
+    """When the newest recorded capacity report was made (``capacity_forecasts.created``), if any."""
+    cur = store.cursor()
+    cur.complete()
+    row = cur.execute("SELECT max(created) FROM capacity_forecasts").fetchone()
+    return row[0] if row else None

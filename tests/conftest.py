@@ -32,16 +32,21 @@ def shared_data() -> Path:
 
 @pytest.fixture
 def serve_process():
-    """Start `rootwise serve` in a subprocess on a free loopback port: ``start(db, *args, env=None)``.
+    """Start `rootwise serve` in a subprocess on a free loopback port: ``start(db, *args, env=None,
+    scheduler=False)`` (``scheduler=True`` runs detection, RCA and alerting as ``serve`` does by default).
 
     Returns ``(base_url, process)`` once the server printed its listening line; any process still running at
     the end of the test is killed.
     """
     procs: list[subprocess.Popen] = []
 
-    def start(db: Path, *args: str, env: dict[str, str] | None = None) -> tuple[str, subprocess.Popen]:
+    def start(
+        db: Path, *args: str, env: dict[str, str] | None = None, scheduler: bool = False
+    ) -> tuple[str, subprocess.Popen]:
+        # tests of the app and the receiver do not want detection passes changing the store under them
+        extra = () if scheduler else ("--no-scheduler",)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--db", str(db), "--port", "0", *args],
+            [sys.executable, "-m", "app.cli", "serve", "--db", str(db), "--port", "0", *args, *extra],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -394,7 +394,9 @@ def _inhibit_rule(i: int, item: Any, errors: _Errors) -> InhibitRule | None:
     allowed = ("source_match", "target_match", "equal")
     unknown = [k for k in item if k not in allowed]
     if unknown:
-        errors.add(f"{where}: unknown key {', '.join(map(repr, unknown))}; expected one of {', '.join(allowed)}")
+        errors.add(
+            f"{where}: unknown key {', '.join(map(repr, unknown))}; expected one of {', '.join(allowed)}"
+        )
     tables = {}
     for key in ("source_match", "target_match"):
         value = item.get(key)
@@ -457,7 +459,9 @@ def alerting_from_config(extra: Mapping[str, Any]) -> AlertingConfig:
     raw_rules = extra.get("inhibit_rules", [])
     rules: list[InhibitRule] = []
     if not isinstance(raw_rules, list):
-        errors.add(f"inhibit_rules: expected an array of tables ([[inhibit_rules]]), got {type(raw_rules).__name__}")
+        errors.add(
+            f"inhibit_rules: expected an array of tables ([[inhibit_rules]]), got {type(raw_rules).__name__}"
+        )
         raw_rules = []
     for i, item in enumerate(raw_rules):
         rule = _inhibit_rule(i, item, errors)
@@ -519,6 +523,13 @@ def check_config(path: str | Path) -> tuple[list[str], dict[str, int]]:
     try:
         counts["slos"] = len(slos_from_config(config.extra))
     except (SloConfigError, ValueError, TypeError) as exc:
+        errors.append(str(exc))
+    from app.scheduler import scheduler_settings
+
+    try:
+        scheduler_settings(config.extra)
+        counts["scheduler"] = int("scheduler" in config.extra)
+    except ConfigError as exc:
         errors.append(str(exc))
     try:
         alerting = alerting_from_config(config.extra)

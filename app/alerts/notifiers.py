@@ -150,7 +150,9 @@ class Notification:
         """Stable per message content: the row id, or a hash of the batch's row ids (``webhook-id``)."""
         if not self.members:
             return self.id
-        return "grp_" + hashlib.sha256("\x1f".join(sorted(n.id for n in self.batch)).encode()).hexdigest()[:32]
+        return (
+            "grp_" + hashlib.sha256("\x1f".join(sorted(n.id for n in self.batch)).encode()).hexdigest()[:32]
+        )
 
     @property
     def status(self) -> str:
@@ -161,7 +163,11 @@ class Notification:
     def labels(self) -> dict[str, str]:
         """The labels it was routed by (``root_cause_service`` included when the router added it)."""
         routed = self.incident.get("alert_labels")
-        return {str(k): str(v) for k, v in routed.items()} if isinstance(routed, dict) else alert_labels(self.incident)
+        return (
+            {str(k): str(v) for k, v in routed.items()}
+            if isinstance(routed, dict)
+            else alert_labels(self.incident)
+        )
 
     def causes(self, n: int = MAX_CAUSES) -> list[dict[str, Any]]:
         """The top ``n`` causes, ranked."""

@@ -26,6 +26,7 @@ import json
 import logging
 import random
 import threading
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -224,9 +225,15 @@ class DeliveryReport:
     dead: list[str] = field(default_factory=list)
     deferred: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    #: rows by (receiver, outcome), for the server's /metrics
+    by_receiver: Counter = field(default_factory=Counter)
 
     def to_dict(self) -> dict[str, int]:
-        return {k: len(v) for k, v in self.__dict__.items()}
+        return {k: len(v) for k, v in self.__dict__.items() if isinstance(v, list)}
+
+    def add(self, outcome: str, row: OutboxRow) -> None:
+        getattr(self, outcome).append(row.id)
+        self.by_receiver[row.receiver, outcome] += 1
 
 
 def deliver_due(
@@ -259,16 +266,16 @@ def deliver_due(
             )
             alerts_store.mark_final(store, row.id, status=DEAD, error=error, now=now, attempted=False)
             log.warning("alert %s to %s is dead: %s", row.id, row.receiver, error)
-            report.dead.append(row.id)
+            report.add("dead", row)
             continue
         notifier = notifiers.get(row.receiver)
         if notifier is None or row.receiver in backing_off:
-            report.skipped.append(row.id)
+            report.add("skipped", row)
             continue
         wait = limiter.take(notifier.rate_key, notifier.receiver.rate_limit_per_minute, now)
         if wait > 0:
             alerts_store.defer(store, row.id, next_attempt=now + timedelta(seconds=wait))
-            report.deferred.append(row.id)
+            report.add("deferred", row)
             continue
         try:
             notification = notification_from_row(row, sent_at=now)
@@ -281,7 +288,7 @@ def deliver_due(
                 now=now,
                 attempted=False,
             )
-            report.failed.append(row.id)
+            report.add("failed", row)
             continue
         rows = [row]
         if notifier.batches:
@@ -318,13 +325,13 @@ def _record(
     if result.ok:
         alerts_store.mark_delivered(store, row.id, now=now)
         log.info("alert %s (%s %s) delivered to %s", row.id, row.event, row.dedup_key, row.receiver)
-        report.delivered.append(row.id)
+        report.add("delivered", row)
         return
     error = result.error or "unknown error"
     if not result.retryable:
         alerts_store.mark_final(store, row.id, status=FAILED, error=error, now=now, attempted=True)
         log.error("alert %s to %s failed, not retried: %s", row.id, row.receiver, error)
-        report.failed.append(row.id)
+        report.add("failed", row)
         return
     backing_off.add(row.receiver)
     delay = backoff_delay(row.attempts, rng)
@@ -335,13 +342,13 @@ def _record(
         error = f"{error}; gave up: the next attempt would fall after the deadline"
         alerts_store.mark_final(store, row.id, status=DEAD, error=error, now=now, attempted=True)
         log.error("alert %s to %s is dead: %s", row.id, row.receiver, error)
-        report.dead.append(row.id)
+        report.add("dead", row)
         return
     alerts_store.mark_retry(store, row.id, next_attempt=next_attempt, error=error, now=now)
     log.warning(
         "alert %s to %s will be retried at %s: %s", row.id, row.receiver, next_attempt.isoformat(), error
     )
-    report.retrying.append(row.id)
+    report.add("retrying", row)
 
 
 def delivery_log(

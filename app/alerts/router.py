@@ -30,7 +30,6 @@ For every incident that is firing (``open``/``acknowledged``) or changed recentl
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -39,7 +38,7 @@ from typing import Any
 from app.alerts.config import AlertingConfig, ReceiverConfig, RouteConfig
 from app.alerts.notifiers import alert_labels, notifier_class
 from app.alerts.outbox import EVENTS_FOR_STATUS, _payload, incident_link, utc_naive
-from app.alerts.silences import Silence, matchers_from, silencing
+from app.alerts.silences import Silence, silences_from_rows, silencing
 from ingest import alerts_store
 from ingest.alerts_store import DELIVERED, NewNotification
 from ingest.store import Store
@@ -81,22 +80,7 @@ class RoutingReport:
 
 def load_silences(store: Store, now: datetime) -> list[Silence]:
     """The silences that are active or yet to start."""
-    out = []
-    for sid, matchers, starts, ends, by, comment, created in alerts_store.silence_rows(
-        store, ended_after=now
-    ):
-        out.append(
-            Silence(
-                id=sid,
-                matchers=matchers_from(json.loads(matchers)),
-                starts_at=starts,
-                ends_at=ends,
-                created_by=by or "",
-                comment=comment or "",
-                created=created,
-            )
-        )
-    return out
+    return silences_from_rows(alerts_store.silence_rows(store, ended_after=now))
 
 
 def root_cause_service(incident: Mapping[str, Any]) -> str | None:

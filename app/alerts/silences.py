@@ -200,3 +200,19 @@ def silencing(silences: Sequence[Silence], labels: Mapping[str, str], now: datet
         if s.active(now) and s.matches(labels):
             return s
     return None
+
+
+def silences_from_rows(rows: Sequence[Sequence[Any]]) -> list[Silence]:
+    """Silences from :func:`ingest.alerts_store.silence_rows`."""
+    return [
+        Silence(
+            id=r[0],
+            matchers=matchers_from(json.loads(r[1])),
+            starts_at=r[2],
+            ends_at=r[3],
+            created_by=r[4] or "",
+            comment=r[5] or "",
+            created=r[6],
+        )
+        for r in rows
+    ]
