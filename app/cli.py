@@ -126,6 +126,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from app.alerts.config import alerting_from_config
+    from app.auth import auth_from_config, install
     from app.capacity import CapacityConfigError, settings_from_config
     from app.config import ConfigError, load_config
     from app.scheduler import Scheduler, scheduler_settings
@@ -137,6 +138,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # a malformed config is refused before anything starts, naming every bad key
         alerting = alerting_from_config(config.extra)
         schedule = scheduler_settings(config.extra)
+        app_auth = auth_from_config(config.extra)
     except (ConfigError, CapacityConfigError) as exc:
         raise CliError(f"{args.config or 'config'}: {exc}") from exc
     if args.no_scheduler:
@@ -146,9 +148,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ingest.scrape import ScrapeTarget
 
     def mount(server: Any, store: Any) -> None:
+        install(server, app_auth)  # [app] auth: basic or SSO header, viewers and responders
         mount_dashboard(server, store)
         if capacity is not None:  # the capacity page plans with the configured limits, budgets, scenarios
             data.attach_capacity_settings(server, capacity)
+        data.attach_alerting(server, alerting)  # the Alerts page shows routes and receivers (secrets masked)
 
     targets = [ScrapeTarget(url=s.url, service=s.service, labels=s.labels) for s in config.scrape]
     serve(

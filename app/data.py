@@ -258,14 +258,31 @@ def topology_between(start: datetime, end: datetime) -> pl.DataFrame:
     return _cached(("topology", start, end), lambda: queries.topology(_store(), start, end))
 
 
+class NotAllowed(PermissionError):
+    """A viewer tried a responder action (``[app] auth``: see :mod:`app.auth`)."""
+
+    def __init__(self, action: str) -> None:
+        super().__init__(f"Only responders may {action}; you are signed in as a viewer.")
+
+
+def require_responder(action: str) -> None:
+    """Raise :class:`NotAllowed` unless this request may act (every action callback calls this first)."""
+    from app.auth import can_respond
+
+    if not can_respond():
+        raise NotAllowed(action)
+
+
 def set_incident_status(incident_id: str, status: str) -> bool:
-    """Record a responder's status change (``False``: no such incident)."""
+    """Record a responder's status change (``False``: no such incident; :class:`NotAllowed` for a viewer)."""
+    require_responder("change an incident's status")
     now = datetime.now(UTC).replace(tzinfo=None)
     return results.set_incident_status(_store(), incident_id, status, now=now)
 
 
 def explain_incident(incident_id: str) -> list[dict[str, Any]] | None:
     """Run the root-cause engine on a stored incident now, store its causes and return them."""
+    require_responder("re-run the root-cause analysis")
     from ingest.rca_view import StoreView
     from rca.combine import explain_incident as explain
     from rca.combine import incident_from_record
@@ -514,3 +531,18 @@ def service_error_ratio(service: str, by: str | None, start: datetime, end: date
         .select(*keys, (pl.col("value_err").fill_null(0.0) / pl.col("value")).alias("value"))
         .sort(keys, nulls_last=True)
     )
+
+
+ALERTING_KEY = "rootwise_alerting"
+
+
+def attach_alerting(server: flask.Flask, alerting: Any) -> None:
+    """Give the app the server's :class:`app.alerts.config.AlertingConfig` (receivers, routes, inhibit rules)."""
+    server.extensions[ALERTING_KEY] = alerting
+
+
+def alerting_config() -> Any:
+    """The serving process's alerting config, or an empty one (the demo, or no ``--config``)."""
+    from app.alerts.config import AlertingConfig
+
+    return flask.current_app.extensions.get(ALERTING_KEY) or AlertingConfig()

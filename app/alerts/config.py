@@ -524,7 +524,14 @@ def check_config(path: str | Path) -> tuple[list[str], dict[str, int]]:
         counts["slos"] = len(slos_from_config(config.extra))
     except (SloConfigError, ValueError, TypeError) as exc:
         errors.append(str(exc))
+    from app.auth import auth_from_config
     from app.scheduler import scheduler_settings
+
+    try:
+        auth_from_config(config.extra)
+        counts["app"] = int("app" in config.extra)
+    except ConfigError as exc:
+        errors.append(str(exc))
 
     try:
         scheduler_settings(config.extra)

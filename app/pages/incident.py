@@ -595,7 +595,11 @@ def layout(incident_id: str | None = None, **_query: str) -> html.Div:
 )
 def _set_status(_ack, _resolve, _reopen, incident_id):
     status = STATUS_BUTTONS[ctx.triggered_id]
-    if not data.set_incident_status(incident_id, status):
+    try:
+        found = data.set_incident_status(incident_id, status)
+    except data.NotAllowed as exc:
+        return dash.no_update, dash.no_update, str(exc)
+    if not found:
         return dash.no_update, dash.no_update, f"No incident {incident_id!r} any more."
     now = _ts(datetime.now(UTC))
     return status, f"badge status-{status}", f"Status set to {status} at {now}."
@@ -608,7 +612,10 @@ def _set_status(_ack, _resolve, _reopen, incident_id):
     prevent_initial_call=True,
 )
 def _explain_now(_clicks, incident_id):
-    causes = data.explain_incident(incident_id)
+    try:
+        causes = data.explain_incident(incident_id)
+    except data.NotAllowed as exc:
+        return html.P(str(exc), className="error")
     incident = data.incident(incident_id)
     if causes is None or incident is None:
         return html.P(f"No incident {incident_id!r} any more.")
