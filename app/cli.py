@@ -613,6 +613,110 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 2 if errors else 0
 
 
+def cmd_silence(args: argparse.Namespace) -> int:
+    """``silence add|list|expire``: on the store file, or through a running server's API with ``--server``."""
+    from datetime import UTC, datetime
+
+    from app.alerts.config import parse_duration
+
+    now = datetime.now(UTC).replace(tzinfo=None)
+    if args.action == "add":
+        if not args.matchers:
+            raise CliError('silence add needs at least one matcher, e.g. service="rag-api"')
+        try:
+            duration = parse_duration(args.duration)
+        except ValueError as exc:
+            raise CliError(f"--duration: {exc}") from exc
+    if args.action == "expire" and not args.id:
+        raise CliError("silence expire needs the silence id (see rootwise silence list)")
+    if args.server:
+        out = _silence_via_api(args)
+    else:
+        out = _silence_on_file(args, now, duration if args.action == "add" else None)
+
+    def human(d: Any) -> str:
+        if args.action == "list":
+            if not d:
+                return "no silences"
+            return "\n".join(
+                f"{s['id']}  {s.get('state', ''):8} until {s['ends_at'][:16]}  {s['text']}"
+                + (f"  ({s['comment']})" if s.get("comment") else "")
+                for s in d
+            )
+        if args.action == "add":
+            return f"{d['id']}: silencing {d['text']} until {d['ends_at'][:16]} UTC"
+        return f"{d['id']}: expired"
+
+    emit(out, args.format, human)
+    return 0
+
+
+def _silence_on_file(args: argparse.Namespace, now: Any, duration: Any) -> Any:
+    from app.alerts.silences import SilenceError, silences_from_rows
+    from app.api import add_silence
+    from ingest import alerts_store
+    from ingest.store import StoreLockedError
+
+    try:
+        store = _open_store(args.db)
+    except CliError as exc:
+        if isinstance(exc.__cause__, StoreLockedError):
+            raise CliError(
+                f"{exc} For silences use --server http://HOST:PORT (the server's /api/v1/silences)."
+            ) from exc
+        raise
+    try:
+        if args.action == "list":
+            return [s.to_dict(now) for s in silences_from_rows(alerts_store.silence_rows(store))]
+        if args.action == "add":
+            try:
+                s = add_silence(
+                    store, args.matchers, duration=duration, created_by=args.by, comment=args.comment, now=now
+                )
+            except SilenceError as exc:
+                raise CliError(str(exc)) from exc
+            return s.to_dict(now)
+        if not alerts_store.expire_silence(store, args.id, now=now):
+            raise CliError(f"no active silence {args.id!r} in {args.db}")
+        return {"id": args.id, "expired": True}
+    finally:
+        store.close()
+
+
+def _silence_via_api(args: argparse.Namespace) -> Any:
+    import urllib.error
+    import urllib.request
+
+    base = args.server.rstrip("/") + "/api/v1/silences"
+    headers = {"Content-Type": "application/json"}
+    token = os.environ.get("ROOTWISE_TOKEN")
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    if args.action == "list":
+        req = urllib.request.Request(base, headers=headers)
+    elif args.action == "add":
+        body = {
+            "matchers": args.matchers,
+            "duration": args.duration,
+            "comment": args.comment,
+            "created_by": args.by,
+        }
+        req = urllib.request.Request(base, data=json.dumps(body).encode(), headers=headers, method="POST")
+    else:
+        req = urllib.request.Request(f"{base}/{args.id}", headers=headers, method="DELETE")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read()).get("error", "")
+        except (ValueError, AttributeError):
+            message = ""
+        raise CliError(f"{args.server}: HTTP {exc.code}" + (f": {message}" if message else "")) from exc
+    except urllib.error.URLError as exc:
+        raise CliError(f"cannot reach {args.server}: {exc.reason}") from exc
+
+
 def _shared_data() -> Path:
     return Path(
         os.environ.get("ROOTWISE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
@@ -835,6 +939,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=float, default=0.5)
     p.add_argument("--out", default=None, help="JSON results file (default bench-results/eval-WHAT.json)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "silence",
+        help="add, list or expire alert silences (on --db, or on a running server with --server URL)",
+    )
+    _common(p)
+    p.add_argument("action", choices=("add", "list", "expire"))
+    p.add_argument("matchers", nargs="*", help='add: label matchers, e.g. service="rag-api" tenant=~"t-1.*"')
+    p.add_argument("--id", default=None, help="expire: the silence id")
+    p.add_argument("--duration", default="2h", help="add: how long (e.g. 30m, 2h, 1d; default 2h)")
+    p.add_argument("--comment", default="", help="add: why")
+    p.add_argument("--by", default=os.environ.get("USER", ""), help="add: who (default $USER)")
+    p.add_argument(
+        "--server",
+        default=None,
+        help="a running rootwise serve (http://HOST:PORT); token from $ROOTWISE_TOKEN",
+    )
+    p.set_defaults(func=cmd_silence)
 
     p = sub.add_parser(
         "config", help="validate rootwise.toml (server, scrape, capacity, slos, receivers, routes)"

@@ -318,3 +318,49 @@ def test_malformed_config_is_refused_at_start(tmp_path: Path) -> None:
         timeout=60,
     )
     assert proc.returncode == 2 and "scheduler.detect_interval" in proc.stderr, proc.stderr
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [os.sys.executable, "-m", "app.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_silence_cli_on_the_file_and_through_a_running_server(tmp_path: Path, serve_process) -> None:
+    db = tmp_path / "sil.duckdb"
+    added = _cli(
+        "silence",
+        "add",
+        'service="rag-api"',
+        "tenant=~t-1.*",
+        "--duration",
+        "1h",
+        "--db",
+        str(db),
+        "--format",
+        "json",
+    )
+    assert added.returncode == 0, added.stderr
+    sid = json.loads(added.stdout)["id"]
+    bad = _cli("silence", "add", "service=~(", "--db", str(db))
+    assert bad.returncode == 2 and "invalid regular expression" in bad.stderr
+    listed = json.loads(_cli("silence", "list", "--db", str(db), "--format", "json").stdout)
+    assert [(s["id"], s["state"]) for s in listed] == [(sid, "active")]
+    cfg = tmp_path / "rootwise.toml"
+    cfg.write_text('[server]\ntoken = "${E2E_TOKEN}"\n')
+    env = {"E2E_TOKEN": "tok-0123456789abcdef"}
+    url, _ = serve_process(db, "--config", str(cfg), "--decode-workers", "0", env=env)
+    held = _cli("silence", "list", "--db", str(db))
+    assert held.returncode == 2 and "--server" in held.stderr  # the server owns the file: say how
+    unauth = _cli("silence", "list", "--server", url)
+    assert unauth.returncode == 2 and "HTTP 401" in unauth.stderr
+    token = {"ROOTWISE_TOKEN": env["E2E_TOKEN"]}
+    assert _cli("silence", "expire", "--id", sid, "--server", url, env=token).returncode == 0
+    again = _cli("silence", "expire", "--id", sid, "--server", url, env=token)
+    assert again.returncode == 2 and "no active silence" in again.stderr
+    listed = json.loads(_cli("silence", "list", "--server", url, "--format", "json", env=token).stdout)
+    assert listed[0]["state"] == "expired"
