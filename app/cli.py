@@ -231,6 +231,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
         )
         emit(results, args.format, lambda r: r["summary"])
         return 0
+    if args.what == "serve":
+        from app.bench_serve import bench_serve
+
+        out = Path(args.out if args.out != "bench-results/ingest.json" else "bench-results/serve.json")
+        results = bench_serve(
+            series=args.series or 10_000,
+            seconds=args.seconds,
+            rate=args.rate,
+            detect_interval=args.detect_interval,
+            out=out,
+            workdir=Path(args.workdir) if args.workdir else None,
+        )
+        emit(results, args.format, lambda r: r["summary"])
+        return 0
     from app.bench import bench_ingest
 
     results = bench_ingest(points=args.points, big_points=args.big_points, out=Path(args.out))
@@ -804,7 +818,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks; print figures and write JSON")
     _common(p, db=False)
-    p.add_argument("what", choices=("ingest", "detect", "forecast", "rca"))
+    p.add_argument("what", choices=("ingest", "detect", "forecast", "rca", "serve"))
     p.add_argument(
         "--workdir",
         default=None,
@@ -824,6 +838,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="detect: days at 1-minute resolution (default 7); forecast: days of hourly history (default 90)",
+    )
+    p.add_argument(
+        "--seconds", type=float, default=300.0, help="serve: how long to sustain the load (default 300)"
+    )
+    p.add_argument(
+        "--rate", type=float, default=100_000.0, help="serve: target OTLP points/s (default 100,000)"
+    )
+    p.add_argument(
+        "--detect-interval", default="1m", help="serve: the scheduler's detection interval (default 1m)"
     )
     p.add_argument("--points", type=int, default=20_000_000, help="points per measured path (default 20M)")
     p.add_argument(
