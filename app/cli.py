@@ -129,7 +129,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from app.auth import auth_from_config, install
     from app.capacity import CapacityConfigError, settings_from_config
     from app.config import ConfigError, load_config
-    from app.scheduler import Scheduler, scheduler_settings
+    from app.scheduler import Scheduler, report_receiver_errors, scheduler_settings
     from app.server import serve
 
     try:
@@ -141,6 +141,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         app_auth = auth_from_config(config.extra)
     except (ConfigError, CapacityConfigError) as exc:
         raise CliError(f"{args.config or 'config'}: {exc}") from exc
+    problems = report_receiver_errors(schedule, alerting)
+    if problems:
+        raise CliError(f"{args.config}: " + "; ".join(problems))
     if args.no_scheduler:
         schedule = replace(schedule, enabled=False)
     from app import data

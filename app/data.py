@@ -546,3 +546,77 @@ def alerting_config() -> Any:
     from app.alerts.config import AlertingConfig
 
     return flask.current_app.extensions.get(ALERTING_KEY) or AlertingConfig()
+
+
+# -- alerts (pages/alerts.py) -----------------------------------------------------------------------------
+# Read through, not cached: the delivery log changes every second while the scheduler delivers, and a silence
+# created or expired from the page must show at once. Writes go through the same functions as the JSON API.
+
+
+def delivery_log(
+    receiver: str | None = None, status: str | None = None, limit: int = 200
+) -> list[dict[str, Any]]:
+    """The alert outbox as a delivery log, newest first (:func:`ingest.alerts_store.delivery_log`)."""
+    from ingest import alerts_store
+
+    return alerts_store.delivery_log(_store(), receiver=receiver, status=status, limit=limit)
+
+
+def delivery_counts() -> dict[str, int]:
+    """Outbox rows per status (``pending``, ``delivered``, ``failed``, ``dead``)."""
+    from ingest import alerts_store
+
+    return alerts_store.status_counts(_store())
+
+
+def alert_holds() -> list[dict[str, Any]]:
+    """Incidents whose notifications are held (silence, inhibit, rca), oldest hold first, each with its
+    incident's ``service``, ``metric`` and ``status`` (empty when the incident is gone)."""
+    from ingest import alerts_store
+
+    store = _store()
+    held = alerts_store.holds(store)
+    incidents = {i["id"]: i for i in results.list_incidents(store)} if held else {}
+    return [
+        {
+            "incident_id": iid,
+            **hold,
+            **{k: (incidents.get(iid) or {}).get(k, "") for k in ("service", "metric", "status")},
+        }
+        for iid, hold in held.items()
+    ]
+
+
+def silences() -> list[Any]:
+    """Every silence (:class:`app.alerts.silences.Silence`), newest first; expired ones are kept for history."""
+    from app.alerts.silences import silences_from_rows
+    from ingest import alerts_store
+
+    return silences_from_rows(alerts_store.silence_rows(_store()))
+
+
+def create_silence(matchers: list[str], duration: timedelta, created_by: str, comment: str) -> Any:
+    """Validate and store a silence starting now; raises ``ValueError`` (``SilenceError``) saying what is wrong."""
+    require_responder("create silences")
+    from app.api import add_silence
+
+    return add_silence(_store(), matchers, duration=duration, created_by=created_by, comment=comment)
+
+
+def expire_silence(silence_id: str) -> bool:
+    """End a silence now; ``False`` when there is no such silence or it has already ended."""
+    require_responder("expire silences")
+    from ingest import alerts_store
+
+    return alerts_store.expire_silence(_store(), silence_id, now=datetime.now(UTC).replace(tzinfo=None))
+
+
+def send_test_notification(receiver: str) -> Any:
+    """Send a test notification to the configured ``receiver`` now (:func:`app.alerts.outbox.send_test`);
+    ``None`` when no receiver has that name. The result's error is already redacted."""
+    require_responder("send test notifications")
+    from app.alerts.outbox import send_test
+
+    cfg = alerting_config()
+    found = cfg.receivers.get(receiver)
+    return None if found is None else send_test(found, external_url=cfg.external_url)

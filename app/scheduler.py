@@ -22,6 +22,7 @@ delivers it.
     deliver_interval = "1s"     # alert delivery
     report_interval = "7d"      # capacity report; "0s" disables it
     report_dir = "reports"      # relative to the database file's directory
+    report_receivers = []       # Slack or webhook receivers that get each report (served at /reports/<name>)
     detect_workers = 1          # scoring processes per detection pass (1: in the server process)
     enabled = true              # false: serve receives and shows, but detects and alerts nothing
 """
@@ -43,7 +44,15 @@ from app.config import ConfigError
 
 log = logging.getLogger("rootwise.scheduler")
 
-_KEYS = ("detect_interval", "deliver_interval", "report_interval", "report_dir", "detect_workers", "enabled")
+_KEYS = (
+    "detect_interval",
+    "deliver_interval",
+    "report_interval",
+    "report_dir",
+    "report_receivers",
+    "detect_workers",
+    "enabled",
+)
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,7 @@ class SchedulerSettings:
     report_dir: str = "reports"
     detect_workers: int = 1
     enabled: bool = True
+    report_receivers: tuple[str, ...] = ()
 
 
 def scheduler_settings(extra: Mapping[str, Any]) -> SchedulerSettings:
@@ -85,6 +95,11 @@ def scheduler_settings(extra: Mapping[str, Any]) -> SchedulerSettings:
         if not isinstance(table["report_dir"], str) or not table["report_dir"]:
             raise ConfigError("scheduler.report_dir: expected a directory path")
         out["report_dir"] = table["report_dir"]
+    if "report_receivers" in table:
+        names = table["report_receivers"]
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ConfigError("scheduler.report_receivers: expected an array of receiver names")
+        out["report_receivers"] = tuple(names)
     if "detect_workers" in table:
         w = table["detect_workers"]
         if isinstance(w, bool) or not isinstance(w, int) or w < 1:
@@ -95,6 +110,22 @@ def scheduler_settings(extra: Mapping[str, Any]) -> SchedulerSettings:
             raise ConfigError(f"scheduler.enabled: expected true or false, got {table['enabled']!r}")
         out["enabled"] = table["enabled"]
     return SchedulerSettings(**out)
+
+
+def report_receiver_errors(settings: SchedulerSettings, alerting: Any) -> list[str]:
+    """Problems with ``[scheduler] report_receivers``: each must be a configured Slack or webhook receiver."""
+    errors = []
+    for i, name in enumerate(settings.report_receivers):
+        receiver = alerting.receivers.get(name)
+        if receiver is None:
+            known = ", ".join(sorted(alerting.receivers)) or "none defined"
+            errors.append(f"scheduler.report_receivers[{i}]: no receiver named {name!r} (receivers: {known})")
+        elif receiver.type not in ("slack", "webhook"):
+            errors.append(
+                f"scheduler.report_receivers[{i}]: {name!r} is a {receiver.type} receiver; reports go to slack or "
+                "webhook receivers (a report is not an incident to page about)"
+            )
+    return errors
 
 
 def _utcnow() -> datetime:
@@ -279,7 +310,7 @@ class Scheduler:
         self.report_dir.mkdir(parents=True, exist_ok=True)
         out = self.report_dir / f"capacity-{now:%Y%m%dT%H%M}.html"
         try:
-            report_capacity(self.store, self.capacity or CapacitySettings(), out)
+            summary = report_capacity(self.store, self.capacity or CapacitySettings(), out)
         except (ReportError, ValueError) as exc:  # e.g. no demand metrics yet: try again next interval
             log.warning("capacity report not written: %s", exc)
             with self._lock:
@@ -289,6 +320,48 @@ class Scheduler:
             self.stats.reports["written"] += 1
             self.stats.last_report = out.name
         log.info("capacity report written to %s", out)
+        self._enqueue_report(out.name, summary, now)
+
+    def _enqueue_report(self, name: str, summary: Mapping[str, Any], now: datetime) -> None:
+        """Queue the report for ``report_receivers`` (delivered like any notification, from the outbox)."""
+        import json
+
+        from ingest import alerts_store
+        from ingest.alerts_store import NewNotification
+
+        link = f"{self.alerting.external_url.rstrip('/')}/reports/{name}"
+        report = {k: summary.get(k) for k in ("created", "bottom_line", "resources")} | {"id": name}
+        body = json.dumps(
+            {
+                "incident": report,
+                "link": link,
+                "external_url": self.alerting.external_url,
+                "group_labels": {},
+            },
+            default=str,
+        )
+        items = [
+            NewNotification(
+                receiver=r,
+                dedup_key=f"report-{name}",
+                event="report",
+                incident_id=None,
+                group_key=f"report:{name}",
+                payload=body,
+                dead_after=now + self.alerting.receivers[r].deadline,
+            )
+            for r in self.settings.report_receivers
+            if r in self.alerting.receivers
+        ]
+        alerts_store.enqueue(self.store, items, now=now)
+
+    def mount(self, app: Any) -> None:
+        """Serve the written reports at ``/reports/<name>`` (behind the app's access control)."""
+        import flask
+
+        @app.get("/reports/<name>")
+        def report_file(name: str) -> Any:
+            return flask.send_from_directory(self.report_dir, name, mimetype="text/html")
 
     def detection_lag(self) -> float | None:
         """Seconds since the start of the last completed pass: every point stored before then has been scored."""

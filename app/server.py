@@ -211,6 +211,7 @@ def serve(
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
             raise
+        sched.mount(app)
         app.extensions["rootwise_metrics"] = [*app.extensions.get("rootwise_metrics", []), sched.prometheus]
         app.extensions["rootwise_ready"] = [*app.extensions["rootwise_ready"], sched.ready]
     stop = threading.Event()

@@ -29,6 +29,7 @@ ALLOWED_AFTER: dict[str, tuple[str | None, ...]] = {
     "trigger": (None, "resolve"),
     "acknowledge": ("trigger",),
     "resolve": ("trigger", "acknowledge"),
+    "report": (None,),  # a scheduled capacity report: one per key (the report's name)
 }
 
 _COLUMNS = (

@@ -525,7 +525,7 @@ def check_config(path: str | Path) -> tuple[list[str], dict[str, int]]:
     except (SloConfigError, ValueError, TypeError) as exc:
         errors.append(str(exc))
     from app.auth import auth_from_config
-    from app.scheduler import scheduler_settings
+    from app.scheduler import report_receiver_errors, scheduler_settings
 
     try:
         auth_from_config(config.extra)
@@ -533,8 +533,9 @@ def check_config(path: str | Path) -> tuple[list[str], dict[str, int]]:
     except ConfigError as exc:
         errors.append(str(exc))
 
+    schedule = None
     try:
-        scheduler_settings(config.extra)
+        schedule = scheduler_settings(config.extra)
         counts["scheduler"] = int("scheduler" in config.extra)
     except ConfigError as exc:
         errors.append(str(exc))
@@ -543,6 +544,8 @@ def check_config(path: str | Path) -> tuple[list[str], dict[str, int]]:
         counts["receivers"] = len(alerting.receivers)
         counts["routes"] = len(alerting.routes)
         counts["inhibit_rules"] = len(alerting.inhibit_rules)
+        if schedule is not None:
+            errors.extend(report_receiver_errors(schedule, alerting))
     except AlertConfigError as exc:
         errors.extend(exc.errors)
     return [f"{config.path}: {e}" for e in errors], counts

@@ -155,6 +155,11 @@ class Notification:
         )
 
     @property
+    def is_report(self) -> bool:
+        """A scheduled capacity report rather than an incident (Slack and webhooks only)."""
+        return self.event == "report"
+
+    @property
     def status(self) -> str:
         """``firing`` or ``resolved`` (Alertmanager's two states; an acknowledged alert still fires)."""
         return "resolved" if self.event == "resolve" else "firing"

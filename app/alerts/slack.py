@@ -74,6 +74,30 @@ class SlackNotifier(Notifier):
 
     type: ClassVar[str] = "slack"
     batches: ClassVar[bool] = True
+    events: ClassVar[frozenset[str]] = frozenset({"trigger", "resolve", "report"})
+
+    def report_blocks(self, n: Notification) -> list[dict[str, Any]]:
+        """The weekly capacity report: its bottom line, each constrained resource, a button to the report."""
+        rep = n.incident
+        blocks: list[dict[str, Any]] = [
+            {"type": "header", "text": {"type": "plain_text", "text": "📈 Capacity report", "emoji": True}},
+            _section(fit(str(rep.get("bottom_line") or ""), SECTION_LIMIT)),
+        ]
+        rows = [r for r in rep.get("resources") or [] if isinstance(r, dict)]
+        for r in rows[: MAX_BLOCKS - 4]:
+            when = f"P50 {str(r.get('p50') or '—')[:10]} · P90 {str(r.get('p90') or '—')[:10]}"
+            blocks.append(
+                _section(fit(f"*{r.get('name')}*: {when} — {r.get('action') or ''}", SECTION_LIMIT))
+            )
+        blocks.append(
+            {
+                "type": "actions",
+                "elements": [
+                    {"type": "button", "text": {"type": "plain_text", "text": "Open report"}, "url": n.link}
+                ],
+            }
+        )
+        return blocks[:MAX_BLOCKS]
 
     def blocks(self, n: Notification) -> list[dict[str, Any]]:
         inc = n.incident
@@ -146,7 +170,11 @@ class SlackNotifier(Notifier):
         return (blocks + tail)[:MAX_BLOCKS]
 
     def request(self, n: Notification) -> HttpRequest:
-        body = {"text": fit(n.summary(), SECTION_LIMIT), "blocks": self.blocks(n)}
+        if n.is_report:
+            text = fit(f"Capacity report: {n.incident.get('bottom_line') or ''}", SECTION_LIMIT)
+            body = {"text": text, "blocks": self.report_blocks(n)}
+        else:
+            body = {"text": fit(n.summary(), SECTION_LIMIT), "blocks": self.blocks(n)}
         data = json.dumps(body, ensure_ascii=False).encode()
         return HttpRequest(
             self.receiver.url.reveal(), data, {"Content-Type": "application/json; charset=utf-8"}

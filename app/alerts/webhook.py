@@ -56,8 +56,16 @@ class WebhookNotifier(Notifier):
     type: ClassVar[str] = "webhook"
 
     batches: ClassVar[bool] = True
+    events: ClassVar[frozenset[str]] = frozenset({"trigger", "resolve", "report"})
 
     def body(self, n: Notification) -> dict[str, Any]:
+        if n.is_report:  # not an alert: its own small document, signed the same way
+            return {
+                "type": "capacity_report",
+                "url": n.link,
+                "externalURL": n.external_url,
+                "report": dict(n.incident),
+            }
         alerts = [self.alert(m) for m in n.batch]
         firing = any(m.status == "firing" for m in n.batch)
         common = dict(alerts[0]["labels"])
