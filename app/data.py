@@ -124,10 +124,24 @@ def incident_list(
     status: str | None = None,
     severity: str | None = None,
     since: datetime | None = None,
+    until: datetime | None = None,
 ) -> list[dict[str, Any]]:
-    """Stored incidents as ``rootwise incidents`` lists them, filtered; most recent first."""
+    """Stored incidents as ``rootwise incidents`` lists them, filtered; most recent first.
+
+    ``since`` and ``until``: the incidents active in that window (last point at or after ``since``, start
+    before ``until``).
+    """
     rows = results.list_incidents(_store(), status=status, service=service, since=since)
-    return [r for r in rows if severity is None or r["severity"] == severity]
+    return [
+        r
+        for r in rows
+        if (severity is None or r["severity"] == severity)
+        and (until is None or r["start"] is None or _as_datetime(r["start"]) < until)
+    ]
+
+
+def _as_datetime(value: Any) -> datetime:
+    return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
 
 
 def incident(incident_id: str) -> dict[str, Any] | None:

@@ -398,7 +398,11 @@ def silence_rows(store: Store, *, ended_after: datetime | None = None) -> list[t
 
 
 def set_holds(
-    store: Store, holds: Mapping[str, tuple[str, str | None, str]], *, considered: Sequence[str], now: datetime
+    store: Store,
+    holds: Mapping[str, tuple[str, str | None, str]],
+    *,
+    considered: Sequence[str],
+    now: datetime,
 ) -> None:
     """Record the holds of the incidents ``considered`` in one pass: ``holds[incident_id] = (kind, source_id,
     reason)``; a considered incident without a hold has its old hold removed. ``since`` is kept while a hold

@@ -16,7 +16,7 @@ import json
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlencode
 
 import dash
 import dash_cytoscape as cyto
@@ -24,7 +24,7 @@ import plotly.graph_objects as go
 import polars as pl
 from dash import Input, Output, State, callback, ctx, dcc, html
 
-from app import data
+from app import data, timerange
 from ingest.queries import QueryError
 
 # ``path``: where the nav links to (the nav lists every page); without an id the page points to the list
@@ -355,6 +355,8 @@ def graph_elements(
     return nodes + links
 
 
+# readable on both themes (the canvas cannot read the page's CSS): labels on light chips, and the top cause's
+# dark border has a white outline around it, which is what shows on a dark background
 GRAPH_STYLE = [
     {
         "selector": "node",
@@ -363,13 +365,28 @@ GRAPH_STYLE = [
             "background-color": "data(colour)",
             "text-wrap": "wrap",
             "font-size": 11,
+            "color": "#101828",
+            "text-background-color": "#ffffff",
+            "text-background-opacity": 0.85,
+            "text-background-padding": 2,
+            "text-background-shape": "roundrectangle",
             "text-valign": "bottom",
             "text-margin-y": 4,
             "width": 26,
             "height": 26,
         },
     },
-    {"selector": ".root", "style": {"border-width": 4, "border-color": "#101828", "width": 36, "height": 36}},
+    {
+        "selector": ".root",
+        "style": {
+            "border-width": 4,
+            "border-color": "#101828",
+            "outline-width": 2,
+            "outline-color": "#ffffff",
+            "width": 36,
+            "height": 36,
+        },
+    },
     {"selector": ".incident", "style": {"shape": "diamond"}},
     {
         "selector": "edge",
@@ -412,6 +429,7 @@ def _rca_sections(incident: dict[str, Any], causes: list[dict[str, Any]]) -> lis
         layout={"name": "breadthfirst", "directed": True, "spacingFactor": 1.1},
         style={"width": "100%", "height": "300px"},
         userZoomingEnabled=False,
+        maxZoom=1.5,  # a graph of one or two services is fitted, not blown up
         autoungrabify=True,
     )
     legend = html.P(
@@ -501,13 +519,19 @@ def _status_badge(status: str) -> html.Span:
 
 
 def layout(incident_id: str | None = None, **_query: str) -> html.Div:
-    """The incident page, or a clear message when the id is unknown."""
+    """The incident page, or a clear message when the id is unknown.
+
+    The chart keeps its own window around the incident; the nav's range only rides along to the list.
+    """
+    token = timerange.token_from_query(_query.get("range"), _query.get("from"), _query.get("to"))
+    carried = urlencode(timerange.query(token), safe=":")
+    back = "/incidents" + (f"?{carried}" if carried else "")
     if not incident_id:
         return html.Div(
             [
                 html.H2("Incident"),
                 html.P("Pick an incident from the list.", id="inc-missing"),
-                dcc.Link("All incidents", href="/incidents"),
+                dcc.Link("All incidents", href=back),
             ]
         )
     incident_id = unquote(incident_id)
@@ -517,7 +541,7 @@ def layout(incident_id: str | None = None, **_query: str) -> html.Div:
             [
                 html.H2("Incident not found"),
                 html.P(f"No incident {incident_id!r} in this store.", id="inc-missing"),
-                dcc.Link("All incidents", href="/incidents"),
+                dcc.Link("All incidents", href=back),
             ]
         )
     lo, hi = _window(incident)
@@ -563,7 +587,7 @@ def layout(incident_id: str | None = None, **_query: str) -> html.Div:
         [
             dcc.Store(id="inc-id", data=incident_id),
             dcc.Location(id="inc-url", refresh=False),
-            dcc.Link("← all incidents", href="/incidents", className="muted"),
+            dcc.Link("← all incidents", href=back, className="muted", id="inc-back"),
             header,
             actions,
             html.Section(

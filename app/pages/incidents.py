@@ -1,30 +1,25 @@
 """Incidents: every stored incident, most severe and most recent first, filtered from the URL.
 
 The filters live in the query string (``/incidents?service=rag-api&status=open&severity=page&range=7d``), so
-a filtered list can be shared and survives a reload. Each row links to its incident page.
+a filtered list can be shared and survives a reload; the range is the nav's (:mod:`app.timerange`): the list
+holds the incidents active in it. Each row links to its incident page, carrying the range.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
 import dash
 from dash import Input, Output, callback, dash_table, dcc, html
 
-from app import data
+from app import data, timerange
 
 dash.register_page(__name__, path="/incidents", name="Incidents", order=5)
 
 SEVERITIES = ("page", "ticket")
 STATUSES = ("open", "acknowledged", "resolved")
-RANGES = {
-    "24h": timedelta(days=1),
-    "7d": timedelta(days=7),
-    "30d": timedelta(days=30),
-    "all": None,
-}
 COLUMNS = [
     ("severity", "Severity"),
     ("status", "Status"),
@@ -49,12 +44,15 @@ def layout(
     range: str | None = None,  # noqa: A002 (URL key)
     **_query: str,
 ) -> html.Div:
-    """The filter bar (restored from the URL) and the incident table."""
+    """The filter bar (restored from the URL) and the incident table, over the nav's range."""
     services = sorted({str(i["service"]) for i in data.incident_list()} | ({service} if service else set()))
     return html.Div(
         [
             html.H2("Incidents"),
-            html.P("All times UTC. Most severe first, then most recent.", className="tz-note"),
+            html.P(
+                "All times UTC. Most severe first, then most recent; incidents active in the range picked above.",
+                className="tz-note",
+            ),
             html.Div(
                 [
                     dcc.Dropdown(services, service, id="il-service", placeholder="any service"),
@@ -67,11 +65,11 @@ def layout(
                     dcc.Dropdown(
                         list(STATUSES), _choice(status, STATUSES), id="il-status", placeholder="any status"
                     ),
-                    dcc.Dropdown(
-                        list(RANGES), _choice(range, RANGES) or "all", id="il-range", clearable=False
-                    ),
                 ],
                 className="controls incident-filters",
+            ),
+            dcc.Store(
+                id="il-range", data=timerange.token_from_query(range, _query.get("from"), _query.get("to"))
             ),
             html.Div(id="il-count", className="muted"),
             dash_table.DataTable(
@@ -126,8 +124,10 @@ def _top_cause(causes: list[dict[str, Any]]) -> str:
     return f"{c.get('kind')}: {c.get('evidence', {}).get('explanation', '')}"
 
 
-def incident_rows(incidents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def incident_rows(incidents: list[dict[str, Any]], link_query: str = "") -> list[dict[str, Any]]:
     """Table rows: most severe first, then most recent; the top stored cause in its own column.
+
+    ``link_query`` (``?range=7d``) follows each incident's link, so the range survives the round trip.
 
     Examples
     --------
@@ -153,7 +153,7 @@ def incident_rows(incidents: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "series": i.get("series"),
             "top_cause": _top_cause(i["causes"]),
             # the id is percent-encoded whole, so no character of it can end the markdown link
-            "link": f"[view](/incident/{quote(i['id'], safe='')})",
+            "link": f"[view](/incident/{quote(i['id'], safe='')}{link_query})",
         }
         for i in ordered
     ]
@@ -166,20 +166,27 @@ def incident_rows(incidents: list[dict[str, Any]]) -> list[dict[str, Any]]:
     Input("il-service", "value"),
     Input("il-severity", "value"),
     Input("il-status", "value"),
-    Input("il-range", "value"),
+    Input("il-range", "data"),
 )
 def _filter(service, severity, status, rng):
-    since = None
-    if RANGES.get(rng) is not None:
-        bounds = data.data_range()
-        if bounds is not None:
-            since = bounds[1] - RANGES[rng]
-    rows = incident_rows(data.incident_list(service=service, status=status, severity=severity, since=since))
+    """``rng``: the range token; the list holds the incidents active in its window (all when it is "all")."""
+    since = until = None
+    if timerange.parse_token(rng)[0] != "all":
+        span = timerange.window(rng, data.data_range(), clip=False)  # incidents outlive their points
+        since, until = span if span else (None, None)
+    found = data.incident_list(service=service, status=status, severity=severity, since=since, until=until)
+    carried = urlencode(timerange.query(rng), safe=":")
+    rows = incident_rows(found, f"?{carried}" if carried else "")
     query = {k: v for k, v in {"service": service, "status": status, "severity": severity}.items() if v}
-    if rng and rng != "all":
-        query["range"] = rng
-    return (
-        rows,
-        f"{len(rows)} incident{'s' if len(rows) != 1 else ''}",
-        ("?" + urlencode(query)) if query else "",
-    )
+    search = urlencode({**query, **timerange.query(rng)}, safe=":")
+    count = f"{len(rows)} incident{'s' if len(rows) != 1 else ''}"
+    if since is not None and status in (None, "open"):  # an on-call must not miss an old open incident
+        shown = {i["id"] for i in found}
+        older = [
+            i
+            for i in data.incident_list(service=service, status="open", severity=severity)
+            if i["id"] not in shown
+        ]
+        if older:
+            count += f" · {len(older)} open outside this range (pick “All data” to list them)"
+    return rows, count, f"?{search}" if search else ""

@@ -1,15 +1,15 @@
 """One service: golden signals and ML serving signals, each a small chart, grouped by a label, over a range.
 
-The URL carries the service and the view (``/service/rag-api?range=24h&by=region``). A panel is shown only
-when the service has its metric; each panel has its own group-by (the labels of its metric), which the
-page-level group-by sets for every panel whose metric carries that label.
+The URL carries the service and the view (``/service/rag-api?range=24h&by=region``; the range is the nav's,
+:mod:`app.timerange`). A panel is shown only when the service has its metric; each panel has its own group-by
+(the labels of its metric), which the page-level group-by sets for every panel whose metric carries that label.
 """
 
 from __future__ import annotations
 
 import html as html_text
 import textwrap
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import NamedTuple
 from urllib.parse import quote, unquote, urlencode
 
@@ -18,21 +18,13 @@ import plotly.graph_objects as go
 import polars as pl
 from dash import ALL, MATCH, Input, Output, State, callback, dcc, html
 
-from app import data
+from app import data, timerange
 from ingest.queries import QueryError
 
 dash.register_page(
     __name__, path="/service", path_template="/service/<name>", name="Service", order=20, title="Service"
 )
 
-RANGES = {
-    "1h": timedelta(hours=1),
-    "6h": timedelta(hours=6),
-    "24h": timedelta(days=1),
-    "3d": timedelta(days=3),
-    "7d": timedelta(days=7),
-    "30d": timedelta(days=30),
-}
 #: groups drawn per chart; more would be unreadable (the chart says how many there are)
 TOP_GROUPS = 12
 
@@ -122,18 +114,25 @@ def _kinds(service: str) -> dict[str, set[str]]:
 
 
 def _window(rng: str | None) -> tuple[datetime, datetime] | None:
-    bounds = data.data_range()
-    if bounds is None:
-        return None
-    end = bounds[1]
-    return max(bounds[0], end - RANGES.get(rng or "24h", RANGES["24h"])), end
+    return timerange.window(rng, data.data_range())
 
 
-def layout(name: str | None = None, range: str = "24h", by: str | None = None, **_query: str) -> html.Div:  # noqa: A002 (URL key)
+def _search(rng: str | None, by: str | None) -> str:
+    """The page's query: the range as the URL had it, then the group-by."""
+    query = {**timerange.query(rng), **({"by": by} if by else {})}
+    return f"?{urlencode(query, safe=':')}" if query else ""
+
+
+def layout(
+    name: str | None = None,
+    range: str | None = None,  # noqa: A002 (URL key)
+    by: str | None = None,
+    **_query: str,
+) -> html.Div:
     """The page for ``/service/<name>`` (``/service``: the picker alone)."""
     services = data.service_names()
     name = unquote(name) if name else None
-    rng = range if range in RANGES else "24h"
+    rng = timerange.token_from_query(range, _query.get("from"), _query.get("to"))
     known = name in services
     kinds = _kinds(name) if name and known else {}
     panels = [(p, m) for p in PANELS if (m := panel_metric(p, kinds))]
@@ -144,7 +143,6 @@ def layout(name: str | None = None, range: str = "24h", by: str | None = None, *
         html.Div(
             [
                 dcc.Dropdown(services, name, id="svc-picker", placeholder="pick a service", clearable=False),
-                dcc.Dropdown(list(RANGES), rng, id="svc-range", clearable=False),
                 dcc.Dropdown(
                     every, by if by in every else None, id="svc-by", placeholder="group every chart by label"
                 ),
@@ -154,9 +152,12 @@ def layout(name: str | None = None, range: str = "24h", by: str | None = None, *
         dcc.Location(id="svc-url", refresh=False),
         dcc.Location(id="svc-nav", refresh="callback-nav"),
         dcc.Store(id="svc-name", data=name),
+        dcc.Store(id="svc-range", data=rng),
     ]
     if not name:
-        links = [html.Li(dcc.Link(s, href=f"/service/{quote(s, safe='')}?range={rng}")) for s in services]
+        links = [
+            html.Li(dcc.Link(s, href=f"/service/{quote(s, safe='')}{_search(rng, None)}")) for s in services
+        ]
         return html.Div(
             [
                 *header,
@@ -319,7 +320,7 @@ def panel_figure(panel: Panel, metric: str, service: str, by: str | None, rng: s
         title={"text": html_text.escape(subtitle), "font": {"size": 11, "color": "#667085"}, "x": 0.01},
         height=260,
         margin={"l": 48, "r": 10, "t": 24 if subtitle else 10, "b": 28},
-        xaxis_title=None,
+        xaxis={"title": None, "hoverformat": "%Y-%m-%d %H:%M UTC"},  # the page says "Times in UTC" once
         yaxis_title=html_text.escape(panel.unit),
         yaxis={"rangemode": "tozero"},
         legend={"orientation": "h", "y": -0.18, "font": {"size": 10}},
@@ -333,7 +334,7 @@ def panel_figure(panel: Panel, metric: str, service: str, by: str | None, rng: s
 @callback(
     Output({"type": "svc-graph", "panel": MATCH}, "figure"),
     Input({"type": "svc-panel-by", "panel": MATCH}, "value"),
-    Input("svc-range", "value"),
+    Input("svc-range", "data"),
     State({"type": "svc-panel-by", "panel": MATCH}, "id"),
     State("svc-name", "data"),
 )
@@ -357,24 +358,23 @@ def _group_every_panel(by, options):
 
 @callback(
     Output("svc-url", "search"),
-    Input("svc-range", "value"),
     Input("svc-by", "value"),
+    State("svc-range", "data"),
     prevent_initial_call=True,
 )
-def _sync_url(rng, by):
-    return "?" + urlencode({k: v for k, v in {"range": rng, "by": by}.items() if v})
+def _sync_url(by, rng):
+    return _search(rng, by)
 
 
 @callback(
     Output("svc-nav", "href"),
     Input("svc-picker", "value"),
     State("svc-name", "data"),
-    State("svc-range", "value"),
+    State("svc-range", "data"),
     State("svc-by", "value"),
     prevent_initial_call=True,
 )
 def _pick(service, current, rng, by):
     if not service or service == current:
         return dash.no_update
-    query = urlencode({k: v for k, v in {"range": rng, "by": by}.items() if v})
-    return f"/service/{quote(service, safe='')}" + (f"?{query}" if query else "")
+    return f"/service/{quote(service, safe='')}{_search(rng, by)}"
