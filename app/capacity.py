@@ -10,15 +10,17 @@ Method
 * **Demand** is the daily peak of the hourly rate: decode tokens/s per model and region (vLLM
   ``generation_tokens_total``), requests/s per service, concurrent requests per model, and cost per day per
   tenant and model. Capacity is sized for the busiest hour of each day, so the daily peak is what must fit.
-* **Forecast**: a growth curve per series (robust fits of a linear and an exponential curve, averaged with BIC
-  weights because four weeks rarely tell them apart) with day-of-week effects; P50 is the point forecast and P90 the upper bound of the calibrated 80 % interval (its 90th
-  percentile).
+* **Forecast**: a growth curve per series (robust fits of a linear and an exponential curve to log demand,
+  averaged with BIC weights because four weeks rarely tell them apart) with day-of-week effects; the point
+  forecast and the calibrated 80 % interval are what the charts show.
 * **Supply** of one replica (one GPU node serving a model) is learned from telemetry: the decode tokens/s at
   which the latency SLO (``latency_metric`` quantile ≤ ``latency_slo_ms``) starts failing, when the data
   shows it, and the tokens/s at which the KV cache reaches ``kv_cache_limit`` (a robust line through
   15-minute samples of KV-cache use against throughput), whichever is lower. When neither limit is in
   reach of the data, the highest observed throughput is used and flagged as a lower bound.
-* **Exhaustion date** of a resource: the first forecast day whose P50 (P90) demand exceeds the limit.
+* **Exhaustion date** of a resource: the first day demand exceeds the limit, simulated on 2,000 futures per
+  series (:func:`forecast_daily`); the P50 date is the median of the simulated days, the P90 date their 10th
+  percentile (demand passes the limit on or after it nine times in ten).
 * **Scenarios** multiply (``factor``) or add to (``add``) the demand that matches their labels from a start
   date; a tenant's share of each model and region's demand comes from the last week's usage.
 """
@@ -230,22 +232,75 @@ def daily_peaks(hourly: pl.DataFrame, keys: Sequence[str]) -> pl.DataFrame:
     )
 
 
+#: columns :func:`forecast_daily` adds: percentiles of the highest daily value from the first forecast day on
+PEAK_COLUMNS = ("max50", "max90")
+_FORECAST_COLUMNS = ("yhat", "lo80", "hi80", "lo95", "hi95")
+#: simulated futures per series and growth curve behind :data:`PEAK_COLUMNS`
+N_PATHS = 2000
+#: a growth curve with at least this weight takes part in the P90 date (:func:`forecast_daily`)
+_PLAUSIBLE = 0.05
+
+
 def forecast_daily(daily: pl.DataFrame, horizon_days: int) -> pl.DataFrame:
     """Forecast daily series (``series_id, ts, value``) ``horizon_days`` ahead with the trend family.
 
-    Returns :data:`detectors.forecast_base.FORECASTS` columns (``hi80`` is the P90).
+    Returns :data:`detectors.forecast_base.FORECASTS` columns (``yhat`` the median, ``hi80`` the 90th
+    percentile of each day's demand) and :data:`PEAK_COLUMNS`, what exhaustion dates are read from
+    (:func:`crossing`). A resource runs out on the first day demand passes its limit, which is the first day
+    the *highest value so far* passes it; so from :data:`N_PATHS` simulated futures
+    (:meth:`~detectors.forecast_trend.TrendForecaster.sample_paths`: growth curve, its parameter uncertainty,
+    daily noise) ``max50`` is the median of the running maximum and ``max90`` its 90th percentile: the day
+    ``max50`` (``max90``) passes a limit is the median (10th percentile) of the simulated exhaustion days.
+    ``max90`` is the highest over the mixture and each growth curve with a weight of at least 5 %: a P90 date
+    must hold whichever growth shape the data cannot rule out.
+
+    Examples
+    --------
+    >>> ts = pl.datetime_range(datetime(2026, 1, 1), datetime(2026, 1, 28), "1d", eager=True)
+    >>> y = 100.0 + 2.0 * np.arange(28) + np.random.default_rng(0).normal(0, 2, 28)
+    >>> fc = forecast_daily(pl.DataFrame({"series_id": "a", "ts": ts, "value": y}), 30)
+    >>> bool((fc["max90"] >= fc["max50"]).all() and fc["max50"].is_sorted())
+    True
+    >>> p50, p90 = crossing(fc, 190.0)  # 100 + 2 t passes 190 on day 45, the 18th forecast day (Feb 15)
+    >>> p50.day, p90 <= p50
+    (15, True)
     """
     from detectors.forecast_trend import TrendForecaster
 
     if daily.height == 0:
         from detectors.forecast_base import FORECASTS
 
-        return pl.DataFrame(schema={**FORECASTS, "series_id": pl.Utf8})
-    return TrendForecaster(season_lengths=(7,)).fit(daily).predict(horizon_days)
+        return pl.DataFrame(
+            schema={**FORECASTS, "series_id": pl.Utf8, **dict.fromkeys(PEAK_COLUMNS, pl.Float64)}
+        )
+    model = TrendForecaster(season_lengths=(7,)).fit(daily)
+    fc = model.predict(horizon_days)
+    mixed = model.sample_paths(horizon_days, N_PATHS)
+    by_curve = {g: model.sample_paths(horizon_days, N_PATHS, growth=g) for g in ("linear", "exponential")}
+    weights = model.growth_weights()
+    peaks = []
+    for sid, paths in mixed.items():
+        run = np.maximum.accumulate(paths, axis=1)
+        max50, max90 = np.quantile(run, (0.5, 0.9), axis=0)
+        for g, w in weights[sid].items():
+            if _PLAUSIBLE <= w < 1.0:  # a mixture member the data cannot rule out
+                max90 = np.maximum(
+                    max90, np.quantile(np.maximum.accumulate(by_curve[g][sid], axis=1), 0.9, axis=0)
+                )
+        peaks.append(
+            pl.DataFrame({"series_id": [sid] * horizon_days, "max50": max50, "max90": max90}).with_columns(
+                pl.int_range(pl.len()).alias("_step")
+            )
+        )
+    steps = fc.with_columns(pl.int_range(pl.len()).over("series_id").alias("_step"))
+    peak = pl.concat(peaks).cast({"series_id": fc.schema["series_id"]})
+    return steps.join(peak, on=["series_id", "_step"], how="left").drop("_step")
 
 
 def crossing(forecast: pl.DataFrame, limit: float | pl.Expr) -> tuple[datetime | None, datetime | None]:
-    """First forecast day whose P50 (``yhat``) and whose P90 (``hi80``) exceed ``limit``; ``None`` if never.
+    """P50 and P90 exhaustion dates: the first forecast day whose ``max50`` and whose ``max90`` exceed
+    ``limit`` (the median and 10th percentile of the simulated exhaustion days, :func:`forecast_daily`);
+    ``None`` if never. A forecast without those columns uses ``yhat`` and ``hi80``.
 
     Examples
     --------
@@ -255,12 +310,13 @@ def crossing(forecast: pl.DataFrame, limit: float | pl.Expr) -> tuple[datetime |
     (datetime.datetime(2026, 1, 3, 0, 0), datetime.datetime(2026, 1, 2, 0, 0))
     """
     f = forecast.sort("ts")
+    p50, p90 = PEAK_COLUMNS if all(c in f.columns for c in PEAK_COLUMNS) else ("yhat", "hi80")
 
     def first(col: str) -> datetime | None:
         hit = f.filter(pl.col(col) > limit)
         return hit["ts"][0] if hit.height else None
 
-    return first("yhat"), first("hi80")
+    return first(p50), first(p90)
 
 
 @dataclass(frozen=True)
@@ -359,7 +415,7 @@ def apply_scenario(
 ) -> pl.DataFrame:
     """Forecast columns scaled by ``multiplier`` and shifted by ``add`` from the scenario's start on."""
     start = scenario.start or now
-    cols = ("yhat", "lo80", "hi80", "lo95", "hi95")
+    cols = [c for c in (*_FORECAST_COLUMNS, *PEAK_COLUMNS) if c in forecast.columns]
     on = pl.col("ts") >= start
     return forecast.with_columns(
         [pl.when(on).then(pl.col(c) * multiplier + add).otherwise(pl.col(c)).alias(c) for c in cols]
@@ -711,8 +767,10 @@ def plan_capacity(store: Any, settings: CapacitySettings, *, now: datetime | Non
                 forecast=fc,
             )
         )
+        # GPUs needed; the regional sum of the models' running-maximum percentiles (max50, max90) is an
+        # upper bound of the sum's, so a quota's dates err early
         gpu = fc.select(
-            "ts", *[(pl.col(c) / cap.tokens_per_s).alias(c) for c in ("yhat", "lo80", "hi80", "lo95", "hi95")]
+            "ts", *[(pl.col(c) / cap.tokens_per_s).alias(c) for c in (*_FORECAST_COLUMNS, *PEAK_COLUMNS)]
         )
         gpu_forecasts.setdefault(region, []).append(gpu)
     # GPU quota per region: GPUs needed (sum over models) against the configured quota

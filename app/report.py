@@ -233,8 +233,8 @@ def render_html(plan: CapacityPlan, *, static: bool = False) -> str:
         "<div class='summary'>",
         "<h1>Capacity report</h1>",
         f"<div class='meta'>Created {plan.created:%Y-%m-%d %H:%M} UTC · history {plan.history_start:%Y-%m-%d} – "
-        f"{plan.history_end:%Y-%m-%d} · horizon {s.horizon_days} days · P50 = median forecast, P90 = 90th "
-        "percentile (calibrated)</div>",
+        f"{plan.history_end:%Y-%m-%d} · horizon {s.horizon_days} days · P50 date: half of the simulated "
+        "futures have run out by then; P90 date: one in ten has</div>",
         "<h2>Executive summary</h2>",
         f"<p class='bottom-line'>{_e(bottom_line(plan))}</p>",
         _summary_table(plan),
@@ -339,9 +339,13 @@ def render_html(plan: CapacityPlan, *, static: bool = False) -> str:
         "requests/s per service, concurrent requests per model, daily cost). Each series is forecast with a growth "
         "curve (robust linear and exponential fits averaged with BIC weights, since a few weeks of history rarely tell them apart) with day-of-week effects; its intervals come "
         "from rolling-origin backtests (split conformal), so the 80% band holds 80% of outcomes in backtests. "
-        "P90 is the upper edge of that band. One replica's capacity is the decode throughput at which the latency "
+        "Exhaustion dates come from 2,000 simulated futures per series (the growth curve, the uncertainty of its "
+        "fitted parameters, daily noise): the P50 date is the day half of them have passed the limit, the P90 date "
+        "the day one in ten has (the earliest over the growth shapes the data cannot rule out); on simulated growth "
+        "demand first passed the limit on or after the P90 date in nine runs out of ten. Budgets run out when "
+        "month-to-date spend plus the P50 (P90) daily forecast passes them. One replica's capacity is the decode throughput at which the latency "
         "SLO starts failing or the KV cache reaches its limit, learned from 15-minute samples of the last week. "
-        "A resource runs out on the first day its forecast demand passes its limit; actions leave a "
+        "A resource runs out on the first day its demand passes its limit; actions leave a "
         f"{s.lead_time_days}-day lead time before the P90 date. GPU cost assumes {s.gpu_hour_usd:g} USD per GPU-hour.</p>"
     )
     body = "\n".join(parts)

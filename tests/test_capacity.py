@@ -14,10 +14,13 @@ import polars as pl
 import pytest
 
 from app.capacity import (
+    PEAK_COLUMNS,
     Budget,
     CapacityConfigError,
     CapacitySettings,
     Scenario,
+    crossing,
+    forecast_daily,
     plan_capacity,
     replica_capacity,
     settings_from_config,
@@ -133,6 +136,67 @@ def test_scenario_brings_the_date_forward_and_budget_is_tracked(growth_store):
     # 2 tenants x 0.5 x (10 + 0.2 t) USD per hour is ~240 USD a day: 700 USD are gone on the 3rd day
     assert budget.p50 == budget.p90 == T0 + timedelta(days=2)
     assert "over" in budget.action.lower() or "reach" in budget.action.lower()
+
+
+def _first_crossings(paths: np.ndarray, limit: float) -> np.ndarray:
+    over = paths > limit
+    return np.where(over.any(axis=1), over.argmax(axis=1), paths.shape[1])
+
+
+def test_exhaustion_dates_are_first_crossings_of_a_known_process():
+    # daily peaks 1000 (1 + 0.01 t) with 3 % multiplicative noise and weekends 20 % lower; the noiseless weekday
+    # peak reaches the limit 1840 on day 84, 4 weeks after the 8 weeks of history. The truth is the
+    # distribution of the first day the noisy peaks pass it (median 24 days ahead, 10th percentile 21),
+    # simulated from the process itself.
+    rng = np.random.default_rng(5)
+    n, horizon, limit = 56, 90, 1840.0
+    t = np.arange(n + horizon)
+    weekly = np.where(t % 7 >= 5, 0.8, 1.0)
+    truth = 1000.0 * (1 + 0.01 * t) * weekly * (1 + 0.03 * rng.standard_normal((4000, t.size)))
+    days = _first_crossings(truth[:, n:], limit)
+    true50, true10 = np.quantile(days, 0.5), np.quantile(days, 0.1)
+    history = pl.DataFrame(
+        {
+            "series_id": "gpu",
+            "ts": pl.datetime_range(T0, T0 + timedelta(days=n - 1), "1d", eager=True),
+            "value": truth[0, :n],
+        }
+    )
+    fc = forecast_daily(history, horizon)
+    assert set(PEAK_COLUMNS) <= set(fc.columns) and fc.height == horizon
+    p50, p90 = crossing(fc, limit)
+    origin = T0 + timedelta(days=n)
+    d50, d90 = (p50 - origin).days, (p90 - origin).days
+    assert abs(d50 - true50) <= 9, (
+        d50,
+        true50,
+    )  # 10 % of the horizon; the slope of 8 noisy weeks is uncertain
+    assert d90 <= d50 and true10 - 10 <= d90 <= true10, (d90, true10)
+    # the median forecast crosses no earlier than the median first crossing: a noisy day passes the limit first
+    yhat50 = (crossing(fc.drop(PEAK_COLUMNS), limit)[0] - origin).days
+    assert yhat50 >= d50
+
+
+def test_sample_paths_are_reproducible_and_follow_the_growth_curve():
+    from detectors.forecast_trend import TrendForecaster
+
+    y = 200.0 * 1.01 ** np.arange(42) * (1 + 0.02 * np.random.default_rng(2).standard_normal(42))
+    frame = pl.DataFrame(
+        {"series_id": 7, "ts": pl.datetime_range(T0, T0 + timedelta(days=41), "1d", eager=True), "value": y}
+    )
+    f = TrendForecaster(season_lengths=(7,), seed=4).fit(frame)
+    a, b = f.sample_paths(30, 400)[7], f.sample_paths(30, 400)[7]
+    assert a.shape == (400, 30) and np.array_equal(a, b)
+    assert not np.array_equal(
+        a, TrendForecaster(season_lengths=(7,), seed=5).fit(frame).sample_paths(30, 400)[7]
+    )
+    weights = f.growth_weights()[7]
+    assert set(weights) == {"linear", "exponential"} and sum(weights.values()) == pytest.approx(1.0)
+    # day 30 ahead: 200 * 1.01^71 ~ 405; exponential paths run above linear ones
+    lin, exp = (np.median(f.sample_paths(30, 400, growth=g)[7][:, -1]) for g in ("linear", "exponential"))
+    assert 360 < lin < exp < 450
+    with pytest.raises(ValueError, match="growth"):
+        f.sample_paths(30, 10, growth="quadratic")
 
 
 def test_config_errors_name_the_key():

@@ -158,8 +158,8 @@ def plan_view(plan: CapacityPlan | str, scenario: Scenario | None, configured: b
         html.P(bottom_line(plan), className="bottom-line", id="cap-bottom-line"),
         html.P(
             f"Times in UTC · plan of {plan.created:%Y-%m-%d %H:%M} UTC · history {plan.history_start:%Y-%m-%d} – "
-            f"{plan.history_end:%Y-%m-%d} · horizon {s.horizon_days} days · P50 = median forecast, P90 = 90th "
-            f"percentile · {source}",
+            f"{plan.history_end:%Y-%m-%d} · horizon {s.horizon_days} days · P50 date: half of the simulated "
+            f"futures have run out by then; P90 date: one in ten has · {source}",
             className="meta",
         ),
     ]
