@@ -6,11 +6,16 @@ from __future__ import annotations
 import base64
 import json
 import random
+import subprocess
 import threading
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -149,3 +154,80 @@ def run_until_idle(
             return now
         now += timedelta(seconds=step_s)
     raise AssertionError(f"still pending after {max_passes} passes: {alerts_store.status_counts(store)}")
+
+
+# -- rootwise serve with alerting (tests/test_serve_*.py) ------------------------------------------------
+SERVE_WH_SECRET = "whsec_" + base64.b64encode(b"e2e-standard-webhooks-key-32byte").decode()
+SERVE_PD_KEY = "e2e-pd-routing-key-0123456789abcdef"
+
+
+def write_config(path: Path, receiver: Receiver, **scheduler: str) -> Path:
+    sched = {"detect_interval": "2s", "deliver_interval": "500ms", "report_interval": "0s", **scheduler}
+    lines = ["[scheduler]"] + [f'{k} = "{v}"' for k, v in sched.items()]
+    lines += [
+        "[alerting]",
+        'external_url = "http://rootwise.test:8050"',
+        "[[receivers]]",
+        'name = "pd"',
+        'type = "pagerduty"',
+        f'url = "{receiver.url}/pd"',
+        'routing_key = "${E2E_PD_KEY}"',
+        "[[receivers]]",
+        'name = "chat"',
+        'type = "slack"',
+        f'url = "{receiver.url}/slack/T0/B0/xyzSECRETxyz"',
+        "[[receivers]]",
+        'name = "hook"',
+        'type = "webhook"',
+        f'url = "{receiver.url}/hook"',
+        'secret = "${E2E_WH_SECRET}"',
+        "[[routes]]",
+        'receiver = "pd"',
+        'group_wait = "1s"',
+        'group_interval = "2s"',
+        "continue = true",
+        "[[routes]]",
+        'receiver = "chat"',
+        'group_by = ["service"]',
+        'group_wait = "1s"',
+        'group_interval = "2s"',
+        "continue = true",
+        "[[routes]]",
+        'receiver = "hook"',
+        'group_by = ["service"]',
+        'group_wait = "1s"',
+        'group_interval = "2s"',
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+SERVE_ENV = {"E2E_PD_KEY": SERVE_PD_KEY, "E2E_WH_SECRET": SERVE_WH_SECRET}
+
+
+def wait_for(
+    check: Callable[[], Any], timeout: float, what: str, proc: subprocess.Popen | None = None
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(
+                f"server exited while waiting for {what}: {proc.stderr.read() if proc.stderr else ''}"
+            )
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def pd_events(receiver: Receiver) -> list[tuple[str, str]]:
+    return [(r.json()["event_action"], r.json()["dedup_key"]) for r in receiver.ok("/pd")]

@@ -10,21 +10,19 @@ exported with explicit timestamps, then ``vector-db`` slows down and ``rag-api``
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
 import subprocess
-import time
-import urllib.request
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
-from alerting_support import Receiver
+from alerting_support import SERVE_ENV as ENV
+from alerting_support import SERVE_PD_KEY as PD_KEY
+from alerting_support import SERVE_WH_SECRET as WH_SECRET
+from alerting_support import Receiver, get, pd_events, wait_for, write_config
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.metrics.export import (
@@ -45,56 +43,10 @@ from standardwebhooks.webhooks import Webhook
 
 pytestmark = pytest.mark.slow
 
-WH_SECRET = "whsec_" + base64.b64encode(b"e2e-standard-webhooks-key-32byte").decode()
-PD_KEY = "e2e-pd-routing-key-0123456789abcdef"
 MODELS = ("m-small", "m-large", "m-embed")
 HISTORY_MIN = 180
 FAULT_MIN = 20  # minutes of fault
 RECOVERY_MIN = 25
-
-
-def write_config(path: Path, receiver: Receiver, **scheduler: str) -> Path:
-    sched = {"detect_interval": "2s", "deliver_interval": "500ms", "report_interval": "0s", **scheduler}
-    lines = ["[scheduler]"] + [f'{k} = "{v}"' for k, v in sched.items()]
-    lines += [
-        "[alerting]",
-        'external_url = "http://rootwise.test:8050"',
-        "[[receivers]]",
-        'name = "pd"',
-        'type = "pagerduty"',
-        f'url = "{receiver.url}/pd"',
-        'routing_key = "${E2E_PD_KEY}"',
-        "[[receivers]]",
-        'name = "chat"',
-        'type = "slack"',
-        f'url = "{receiver.url}/slack/T0/B0/xyzSECRETxyz"',
-        "[[receivers]]",
-        'name = "hook"',
-        'type = "webhook"',
-        f'url = "{receiver.url}/hook"',
-        'secret = "${E2E_WH_SECRET}"',
-        "[[routes]]",
-        'receiver = "pd"',
-        'group_wait = "1s"',
-        'group_interval = "2s"',
-        "continue = true",
-        "[[routes]]",
-        'receiver = "chat"',
-        'group_by = ["service"]',
-        'group_wait = "1s"',
-        'group_interval = "2s"',
-        "continue = true",
-        "[[routes]]",
-        'receiver = "hook"',
-        'group_by = ["service"]',
-        'group_wait = "1s"',
-        'group_interval = "2s"',
-    ]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-ENV = {"E2E_PD_KEY": PD_KEY, "E2E_WH_SECRET": WH_SECRET}
 
 
 def latency(service: str, minute: int, fault_start: int, fault_end: int, rng: np.random.Generator) -> float:
@@ -157,34 +109,6 @@ def export_minutes(
         assert ctx.is_valid
     provider.shutdown()
     db_provider.shutdown()
-
-
-def wait_for(
-    check: Callable[[], Any], timeout: float, what: str, proc: subprocess.Popen | None = None
-) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(
-                f"server exited while waiting for {what}: {proc.stderr.read() if proc.stderr else ''}"
-            )
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
-def pd_events(receiver: Receiver) -> list[tuple[str, str]]:
-    return [(r.json()["event_action"], r.json()["dedup_key"]) for r in receiver.ok("/pd")]
 
 
 def test_serve_detects_explains_pages_and_resolves(tmp_path: Path, serve_process, receiver: Receiver) -> None:
