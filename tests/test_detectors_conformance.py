@@ -104,3 +104,45 @@ def test_get_params_round_trip(name: str) -> None:
     clone = type(det)(**det.get_params())
     assert clone.get_params() == det.get_params()
     assert det.name == name
+
+
+def _split(frame: pl.DataFrame, *fractions: float) -> list[pl.DataFrame]:
+    """``frame`` cut by time at the given fractions of its timestamps."""
+    ts = frame["ts"].unique().sort()
+    cuts = [ts[int(f * ts.len())] for f in fractions]
+    bounds = [None, *cuts, None]
+    return [
+        frame.filter(
+            (pl.lit(True) if a is None else pl.col("ts") >= a)
+            & (pl.lit(True) if b is None else pl.col("ts") < b)
+        )
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
+
+
+def test_score_update_is_score_then_update(name: str) -> None:
+    """``score_update`` (what ``rootwise detect`` runs on new points) scores like ``score`` and leaves the
+    detector as ``update`` would: the next scores agree too."""
+    first, second, third = _split(_frame(_kind(name)), 0.6, 0.8)
+    a = make_detector(name).fit(first)
+    b = pickle.loads(pickle.dumps(a))
+    scores_a = a.score(second)
+    a.update(second)
+    scores_b = b.score_update(second)
+    assert scores_b.schema == pl.Schema(SCORES)
+    np.testing.assert_allclose(scores_a["score"], scores_b["score"], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(a.score(third)["score"], b.score(third)["score"], rtol=1e-12, atol=1e-12)
+
+
+def test_fit_score_online_is_score_online_then_fit(name: str) -> None:
+    """``fit_score_online`` (``rootwise detect`` on series seen for the first time) gives the causal scores
+    of ``score_online`` and a state that scores the next points like ``fit`` does."""
+    kind = _kind(name)
+    history, rest = _split(_frame(kind, n=3 * 1440 if name in ("ensemble", "stl") else 900), 0.9)
+    a = make_detector(name)
+    scores_a = a.score_online(history)
+    a.fit(history)
+    b = make_detector(name)
+    scores_b = b.fit_score_online(history)
+    np.testing.assert_allclose(scores_a["score"], scores_b["score"], rtol=0, atol=0)
+    np.testing.assert_allclose(a.score(rest)["score"], b.score(rest)["score"], rtol=1e-12, atol=1e-12)
