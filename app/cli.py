@@ -205,6 +205,19 @@ def cmd_retention(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "app":
+        from app.bench_app import bench_app
+
+        out = Path(args.out if args.out != "bench-results/ingest.json" else "bench-results/app.json")
+        results = bench_app(
+            series=args.series or 5000,
+            days=args.days or 30.0,
+            out=out,
+            workdir=Path(args.workdir) if args.workdir else None,
+            keep=args.keep,
+        )
+        emit(results, args.format, lambda r: r["summary"])
+        return 0
     if args.what == "forecast":
         from app.bench_forecast import bench_forecast
 
@@ -821,7 +834,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks; print figures and write JSON")
     _common(p, db=False)
-    p.add_argument("what", choices=("ingest", "detect", "forecast", "rca", "serve"))
+    p.add_argument("what", choices=("ingest", "detect", "forecast", "rca", "app", "serve"))
     p.add_argument(
         "--workdir",
         default=None,
