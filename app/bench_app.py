@@ -31,7 +31,8 @@ Two server modes are measured, because the data module caches every query for 15
 * ``uncached``: the data module's caches are switched off in the served process (a bench-only launcher;
   see :data:`_UNCACHED_LAUNCHER`), so every callback's query reaches DuckDB, as on the first view of a page;
   concurrent callbacks of a first view miss the cache anyway, so this is close to what a first visitor sees;
-* ``cached``: ``rootwise serve`` as it is; repeated loads are served from the cache while it is fresh.
+* ``cached``: ``rootwise serve`` as deployed. A URL comes back once per round (tens of seconds on a big store),
+  by when its 15-s entries have usually expired: what hits is the capacity plan (5 min) and what pages share.
 
 For each page the JSON has p50, p95 and max (seconds) against the target, the page's slowest Dash callbacks
 (``_dash-update-component`` requests: median and max milliseconds, as the browser saw them), console errors
@@ -70,10 +71,8 @@ TARGET_INCIDENT_SECONDS = 2.0
 #: raw points kept before retention rolls them up (``rootwise retention``'s default)
 RAW_MAX_AGE = timedelta(days=14)
 #: the simulated period ends this long before the simulator's default end, so it does not start on a 30-minute
-#: boundary. Why: on a series starting on one, the default ensemble's first detection pass refits its seasonal
-#: member on exactly 14 days of history, where statsmodels' MSTL drops the weekly period (``period >= nobs / 2``)
-#: and ``StlResidualDetector._fit_series`` then indexes a 1-D seasonal array (IndexError) — a detection bug on
-#: any store of 14 days or more, reported with this benchmark; remove the shift once it is fixed.
+#: boundary: the figures in README were measured so, when the seasonal refit on exactly 14 days of history still
+#: crashed (MSTL dropped the weekly period; fixed in ``detectors/seasonal.py``); kept to keep the store comparable
 START_SHIFT = timedelta(minutes=7)
 POLL_MS = 20
 STABLE_MS = 200

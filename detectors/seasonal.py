@@ -109,13 +109,17 @@ class StlResidualDetector(Detector):
         daily = weekly = np.zeros(0)
         trend = pl.Series(g).rolling_median(max(1, per_day // 4) | 1, min_samples=1, center=True).to_numpy()
         if per_day >= 4 and days >= self.min_days and seasonal_strength(g, per_day) > 0.2:
-            if days >= 14 and seasonal_strength(g, 7 * per_day) > seasonal_strength(g, per_day):
+            # MSTL keeps a period only with more than two cycles of data (exactly 14 days would drop the week)
+            if days > 14 and seasonal_strength(g, 7 * per_day) > seasonal_strength(g, per_day):
                 res = MSTL(g, periods=(per_day, 7 * per_day)).fit()
                 seas = np.asarray(res.seasonal)
-                daily, weekly = (
-                    self._profile(buckets, seas[:, 0], per_day),
-                    self._profile(buckets, seas[:, 1], 7 * per_day),
-                )
+                if seas.ndim == 2 and seas.shape[1] == 2:
+                    daily, weekly = (
+                        self._profile(buckets, seas[:, 0], per_day),
+                        self._profile(buckets, seas[:, 1], 7 * per_day),
+                    )
+                else:  # statsmodels dropped the weekly period after all
+                    daily = self._profile(buckets, seas if seas.ndim == 1 else seas[:, 0], per_day)
             else:
                 res = STL(g, period=per_day).fit()
                 daily = self._profile(buckets, np.asarray(res.seasonal), per_day)

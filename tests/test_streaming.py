@@ -461,3 +461,25 @@ def test_exceedance_without_exceedances_in_the_window() -> None:
     assert exceedance_z(x, **kw)[-1] > 30
     state = exceedance_state(*exceedance_parts(x[:70], **kw)[1:], q=0.9, window=30)
     assert exceedance_update(x[70:], state, **kw)[0][-1] > 30
+
+
+def test_seasonal_fit_on_exactly_two_weeks_with_a_weekly_cycle() -> None:
+    """MSTL drops a period without more than two cycles: exactly 14 days at a 30-minute-aligned start used to
+    crash the default detector's seasonal fit (IndexError on the missing weekly column)."""
+    from datetime import datetime, timedelta
+
+    import polars as pl
+
+    from detectors.registry import make_detector
+
+    n = 14 * 1440
+    i = np.arange(n)
+    rng = np.random.default_rng(0)
+    y = 100 + 10 * np.sin(2 * np.pi * i / 1440) + 30 * (i // 1440 % 7 >= 5) + rng.normal(0, 1, n)
+    ts = [datetime(2026, 1, 5) + timedelta(minutes=int(k)) for k in i]
+    frame = pl.DataFrame({"series_id": [1] * n, "ts": ts, "value": y}).with_columns(
+        pl.col("series_id").cast(pl.Int64), pl.col("ts").cast(pl.Datetime("us"))
+    )
+    for name in ("stl", "ensemble"):
+        det = make_detector(name).fit(frame)
+        assert det.score(frame.tail(60)).height == 60
