@@ -3,7 +3,6 @@ reminders — on a DuckDB file, delivered to a real HTTP receiver on 127.0.0.1 o
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -19,6 +18,7 @@ from app.alerts.notifiers import build_notifiers
 from app.alerts.outbox import RateLimiter, deliver_due, delivery_log
 from app.alerts.router import compute_holds, load_silences, route_incidents
 from app.alerts.silences import SilenceError, new_silence, parse_matcher
+from app.api import add_silence
 from detectors.incidents import Incident
 from ingest import alerts_store
 from ingest.results import list_incidents, save_causes, save_detection
@@ -83,16 +83,8 @@ def test_matchers_parse_and_refuse_what_would_silence_everything() -> None:
 
 def test_silence_holds_the_trigger_until_it_is_expired(receiver: Receiver, store: Store) -> None:
     cfg = config(receiver)
-    sil = new_silence(['service="llm-gateway"'], now=T0, duration=timedelta(hours=2), created_by="alice")
-    alerts_store.add_silence(
-        store,
-        silence_id=sil.id,
-        matchers_json=json.dumps([m.to_dict() for m in sil.matchers]),
-        starts_at=sil.starts_at,
-        ends_at=sil.ends_at,
-        created_by=sil.created_by,
-        comment="",
-        created=T0,
+    sil = add_silence(
+        store, ['service="llm-gateway"'], duration=timedelta(hours=2), created_by="alice", now=T0
     )
     incs = [incident(1), incident(2, service="rag-api")]
     report = route_incidents(store, cfg, now=T0, incidents=incs)

@@ -204,43 +204,11 @@ def test_malformed_config_is_refused_at_start(tmp_path: Path) -> None:
         '[scheduler]\ndetect_interval = "soon"\n[[receivers]]\nname = "pd"\ntype = "pagerduty"\n'
         'routing_key = "inline-secret-value"\n'
     )
-    proc = subprocess.run(
-        [
-            os.sys.executable,
-            "-m",
-            "app.cli",
-            "serve",
-            "--db",
-            str(tmp_path / "x.duckdb"),
-            "--config",
-            str(cfg),
-            "--port",
-            "0",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = _cli("serve", "--db", str(tmp_path / "x.duckdb"), "--config", str(cfg), "--port", "0")
     assert proc.returncode == 2, proc.stderr
     assert "receivers[0].routing_key" in proc.stderr and "inline-secret-value" not in proc.stderr
     cfg.write_text('[scheduler]\ndetect_interval = "soon"\n')
-    proc = subprocess.run(
-        [
-            os.sys.executable,
-            "-m",
-            "app.cli",
-            "serve",
-            "--db",
-            str(tmp_path / "x.duckdb"),
-            "--config",
-            str(cfg),
-            "--port",
-            "0",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = _cli("serve", "--db", str(tmp_path / "x.duckdb"), "--config", str(cfg), "--port", "0")
     assert proc.returncode == 2 and "scheduler.detect_interval" in proc.stderr, proc.stderr
 
 
