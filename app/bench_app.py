@@ -4,9 +4,10 @@ The store is the one the app is built for: the simulator's ML platform (``rootwi
 scale, see :data:`SERIES_PER_SCALE`; the series actually stored are counted and reported) over
 ``days`` days at 1-minute resolution, ingested through the real file path (:func:`ingest.files.ingest_paths`),
 detected (:func:`app.detect.run_detection`), explained (:func:`app.explain.explain_new_incidents`, so incidents
-carry their causes) and then aged by retention as ``rootwise retention`` would (raw points older than
-:data:`RAW_MAX_AGE` before the data's end rolled into 5-minute and hourly rollups), so the 30-day charts read
-rollups where the raw points are gone.
+carry their causes), aged by retention as ``rootwise retention`` would (raw points older than
+:data:`RAW_MAX_AGE` before the data's end rolled into 5-minute and hourly rollups) and rolled up to its last
+complete hour as ``rootwise serve``'s scheduler does (:func:`ingest.retention.roll_up_recent`, raw points kept),
+so charts read rollups wherever their step is a whole number of rollup buckets.
 
 ``rootwise serve`` runs in its own process (with ``--no-scheduler``: nothing changes the store while it is
 measured, and background detection does not compete with the pages); Debian's Chromium (driven by Playwright, never downloaded) loads
@@ -233,6 +234,24 @@ def build_store(
         "retention": retention.to_dict(),
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
     }
+
+
+def roll_up(db: Path) -> dict[str, Any]:
+    """One rollup pass over the store (what ``rootwise serve``'s scheduler runs after every detection pass, so a
+    served store has its complete hours rolled up): the pass's report and its time. Idempotent, so a reused
+    store built before rollups of recent data existed gets them, and one that has them is left as it is."""
+    from ingest.retention import roll_up_recent
+
+    console = _console()
+    t0 = time.perf_counter()
+    with Store(db) as store:
+        report = roll_up_recent(store).to_dict()
+    seconds = round(time.perf_counter() - t0, 1)
+    console.print(
+        f"rollup pass: {report['rolled_5m']:,} 5-minute and {report['rolled_1h']:,} hourly rows, up to "
+        f"{report['rolled_to']}, in {seconds:g} s"
+    )
+    return {**report, "seconds": seconds}
 
 
 def store_stats(db: Path) -> dict[str, Any]:
@@ -660,6 +679,7 @@ def bench_app(
                 p.unlink()
             results["build"] = build_store(folder, series=series, days=days, seed=seed, explain=explain)
             meta.write_text(json.dumps({**wanted, "build": results["build"]}))
+        results["rollup"] = roll_up(db)
         results["store"] = store_stats(db)
         st = results["store"]
         console.print(

@@ -204,6 +204,18 @@ def cmd_retention(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rollup(args: argparse.Namespace) -> int:
+    store = _open_store(args.db)
+    from ingest.retention import roll_up_recent
+
+    try:
+        report = roll_up_recent(store)
+    finally:
+        store.close()
+    emit(report.to_dict(), args.format, lambda d: "\n".join(f"{k}: {v}" for k, v in d.items()))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "app":
         from app.bench_app import bench_app
@@ -831,6 +843,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep raw points this long (e.g. 14d; default 14d)",
     )
     p.set_defaults(func=cmd_retention)
+
+    p = sub.add_parser(
+        "rollup", help="roll new complete hours of raw points into the 5m/1h rollups (raw points kept)"
+    )
+    _common(p)
+    p.set_defaults(func=cmd_rollup)
 
     p = sub.add_parser("bench", help="benchmarks; print figures and write JSON")
     _common(p, db=False)

@@ -94,10 +94,9 @@ def reject_count() -> int:
 def metric_frame(
     metric: str, service: str | None, group_by: tuple[str, ...], agg: str, start: datetime, end: datetime
 ) -> pl.DataFrame:
-    """A resampled metric, with a step chosen for about 300 points on the chart."""
-    span = end - start
-    step = max(timedelta(minutes=1), span / 300)
-    step = timedelta(minutes=round(step.total_seconds() / 60) or 1)
+    """A resampled metric, at the finest rollup-aligned step giving at most 360 points on the chart (so long
+    ranges read the 5-minute or hourly rollups, see :func:`nice_step`)."""
+    step = nice_step(start, end)
     key = ("frame", metric, service, group_by, agg, start, end)
     return _cached(
         key,

@@ -5,7 +5,8 @@ Two threads:
 
 * **pipeline** — every ``detect_interval``: an incremental detection pass (:func:`app.detect.run_detection`:
   only new points are scored), RCA for incidents without causes (:func:`app.explain.explain_new_incidents`),
-  then one alerting pass (:func:`app.alerts.router.route_incidents`: routes, silences, inhibition, grouping).
+  then one alerting pass (:func:`app.alerts.router.route_incidents`: routes, silences, inhibition, grouping),
+  then a rollup pass (:func:`ingest.retention.roll_up_recent`: new complete hours into the rollups).
   Every ``report_interval`` (weekly by default, counted from the last recorded report) it writes the capacity
   report into ``report_dir``. A failing pass is logged and counted; the next one runs on schedule.
 * **delivery** — every ``deliver_interval``: :func:`app.alerts.outbox.deliver_due`.
@@ -239,6 +240,7 @@ class Scheduler:
         from app.alerts.router import route_incidents
         from app.detect import DetectConfig, run_detection
         from app.explain import explain_new_incidents
+        from ingest.retention import roll_up_recent
 
         self._pipeline_idle.clear()
         t0, wall = time.perf_counter(), time.time()
@@ -252,6 +254,8 @@ class Scheduler:
             out["rca"] = explain_new_incidents(self.store)
             routed = route_incidents(self.store, self.alerting, now=now or _utcnow())
             out["alerts"] = routed.to_dict()
+            # after paging: the new complete hours into the 5-minute and hourly rollups the charts read
+            out["rollup"] = roll_up_recent(self.store, now=now).to_dict()
             with self._lock:
                 s = self.stats
                 s.passes["ok"] += 1

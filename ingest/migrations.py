@@ -189,4 +189,17 @@ MIGRATIONS += (
     ),
 )
 
+MIGRATIONS += (
+    Migration(
+        9,
+        "rollups of recent data: how far raw points are rolled up, and the late arrivals to roll up again",
+        """
+        CREATE TABLE rollup_state (
+            id INTEGER PRIMARY KEY, raw_from TIMESTAMP, rolled_to TIMESTAMP, updated TIMESTAMP
+        );
+        CREATE TABLE rollup_dirty (series_id BIGINT NOT NULL, hour TIMESTAMP NOT NULL);
+        """,
+    ),
+)
+
 LATEST = MIGRATIONS[-1].version

@@ -503,6 +503,13 @@ def _rollup_end(store: Store, lo: datetime, hi: datetime) -> datetime | None:
     return row[0][0] if row and row[0][0] is not None else None
 
 
+def _rollup_bounds(store: Store) -> tuple[datetime | None, datetime | None] | None:
+    """``(raw_from, rolled_to)`` of the store's ``rollup_state`` (see :mod:`ingest.retention`); ``None`` when no
+    rollup pass has run (rollups, if any, are then checked per point)."""
+    rows = _rows(store, "SELECT raw_from, rolled_to FROM rollup_state WHERE id = 1")
+    return (rows[0][0], rows[0][1]) if rows and rows[0][1] is not None else None
+
+
 def _counter_increase(value: str, prev: str) -> str:
     """SQL for a counter's increase from ``prev`` to ``value``: a drop means a restart from 0 (Prometheus)."""
     return f"CASE WHEN {prev} IS NULL THEN NULL WHEN {value} >= {prev} THEN {value} - {prev} ELSE {value} END"
@@ -539,7 +546,16 @@ def _raw_inwin_sql(p: _Params, w: _Window, kinds: frozenset[str], needs_inc: boo
         )"""
 
 
-def _mixed_inwin_sql(p: _Params, w: _Window, roll_end: datetime, needs_inc: bool, lookback_us: int) -> str:
+def _mixed_inwin_sql(
+    p: _Params,
+    w: _Window,
+    roll_end: datetime,
+    needs_inc: bool,
+    lookback_us: int,
+    *,
+    complete: bool = False,
+    hourly: bool = False,
+) -> str:
     """CTE ``inwin(series_id, ts, b, frac, n, s, mn, mx, last, inc)`` from raw points and rollups.
 
     An element is a raw point (``w = 0``, ``n = 1``) or a rollup row (``w`` = its width) standing in for
@@ -552,6 +568,10 @@ def _mixed_inwin_sql(p: _Params, w: _Window, roll_end: datetime, needs_inc: bool
 
     A rollup row wider than the step (or straddling a bucket edge) is spread over the buckets it overlaps in
     proportion to the overlap (``frac``): its count, sum and increase are scaled, min/max/last kept.
+
+    With ``complete`` the rollups represent every raw point before ``roll_end`` (the store's ``rolled_to`` or
+    ``raw_from``, see :mod:`ingest.retention`): rollup rows are read before it and raw points only after it,
+    with no per-point check. With ``hourly`` (a step that is a whole number of hours) only hourly rows are read.
     """
     hour = ROLLUPS[-1][1]
     raw_lo_us = w.lo_us - lookback_us if needs_inc else w.lo_us
@@ -565,6 +585,8 @@ def _mixed_inwin_sql(p: _Params, w: _Window, roll_end: datetime, needs_inc: bool
     )
     in_sel = "p.series_id IN (SELECT series_id FROM sel)"
 
+    roll_hi = min(roll_end, w.hi) if complete else w.hi
+
     def rollup(table: str, width: int) -> str:
         return f"""
             SELECT r.series_id, r.ts, {width}::BIGINT AS w, r.count::DOUBLE AS n,
@@ -572,31 +594,42 @@ def _mixed_inwin_sql(p: _Params, w: _Window, roll_end: datetime, needs_inc: bool
                 r.min AS mn, r.max AS mx, r.last,
                 CASE WHEN sel.kind IN ('counter', 'delta') THEN r.sum END AS inc_pre
             FROM {table} r JOIN sel USING (series_id)
-            WHERE r.ts >= {p(roll_lo)} AND r.ts < {p(w.hi)}"""
+            WHERE r.ts >= {p(roll_lo)} AND r.ts < {p(roll_hi)}"""
 
     (t5, w5), (t1, w1) = ROLLUPS
     prev = "lag(e.last) OVER (PARTITION BY e.series_id ORDER BY e.ts)" if needs_inc else "NULL::DOUBLE"
     step = p(w.step_us, "BIGINT")
-    return f"""
+    if hourly:  # hourly rows exist wherever 5-minute rows do (both are written together)
+        rollups = f"""
+        r1 AS ({rollup(t1, w1)}),"""
+        rolled = "UNION ALL SELECT * FROM r1"
+    else:
+        rollups = f"""
         r5 AS ({rollup(t5, w5)}),
         h1 AS ({rollup(t1, w1)}),
         r1 AS (
             SELECT * FROM h1 WHERE NOT EXISTS (
                 SELECT 1 FROM r5 WHERE r5.series_id = h1.series_id
                 AND epoch_us(r5.ts) // {w1} = epoch_us(h1.ts) // {w1})
-        ),
-        elems AS (
-            SELECT {raw_cols} FROM points p WHERE p.ts >= {p(split)} AND p.ts < {p(w.hi)} AND {in_sel}
+        ),"""
+        rolled = "UNION ALL SELECT * FROM r5 UNION ALL SELECT * FROM r1"
+    if complete:
+        raw_before = ""
+    else:
+        # a rolled hour is sealed (retention discards raw points that arrive for it later)
+        raw_before = f"""
             UNION ALL
-            -- a rolled hour is sealed (retention discards raw points that arrive for it later)
             SELECT {raw_cols} FROM points p
             WHERE p.ts >= {p(raw_lo)} AND p.ts < {p(split)} AND {in_sel}
               AND NOT EXISTS (SELECT 1 FROM r5 WHERE r5.series_id = p.series_id
                               AND epoch_us(r5.ts) // {w5} = epoch_us(p.ts) // {w5})
               AND NOT EXISTS (SELECT 1 FROM h1 WHERE h1.series_id = p.series_id
-                              AND epoch_us(h1.ts) // {w1} = epoch_us(p.ts) // {w1})
-            UNION ALL SELECT * FROM r5
-            UNION ALL SELECT * FROM r1
+                              AND epoch_us(h1.ts) // {w1} = epoch_us(p.ts) // {w1})"""
+    return f"""{rollups}
+        elems AS (
+            SELECT {raw_cols} FROM points p WHERE p.ts >= {p(split)} AND p.ts < {p(w.hi)} AND {in_sel}
+            {raw_before}
+            {rolled}
         ),
         seq AS (
             SELECT e.series_id, e.ts, e.w, e.n, e.s, e.mn, e.mx, e.last,
@@ -709,8 +742,24 @@ def _resample_sql(
     # MATERIALIZED: label look-ups run once per series, not once per point after the join
     sel = f"sel AS MATERIALIZED (SELECT s.series_id, s.kind{gsel} FROM series s WHERE {plan.where})"
     hour = ROLLUPS[-1][1]
-    roll_end = _rollup_end(store, _from_us((w.lo_us - max(lookback_us, hour)) // hour * hour), w.hi)
-    if roll_end is None:
+    raw_lo = _from_us(w.lo_us - lookback_us if needs_inc else w.lo_us)
+    state = _rollup_bounds(store)
+    if state is not None:
+        # the rollups are complete up to a known bound: rollup rows before it, raw points after it. A step that
+        # is a whole number of 5-minute rollups reads them up to ``rolled_to``; a finer one only where
+        # retention deleted the raw points
+        raw_from, rolled_to = state
+        bound = rolled_to if w.step_us % ROLLUPS[0][1] == 0 else raw_from
+        if bound is None or bound <= raw_lo:
+            inwin = _raw_inwin_sql(p, w, plan.kinds, needs_inc, lookback_us)
+            temporal = _TEMPORAL_RAW[agg]
+        else:
+            hourly = w.step_us % hour == 0
+            inwin = _mixed_inwin_sql(p, w, bound, needs_inc, lookback_us, complete=True, hourly=hourly)
+            temporal = _TEMPORAL_MIXED[agg]
+    elif (
+        roll_end := _rollup_end(store, _from_us((w.lo_us - max(lookback_us, hour)) // hour * hour), w.hi)
+    ) is None:
         inwin = _raw_inwin_sql(p, w, plan.kinds, needs_inc, lookback_us)
         temporal = _TEMPORAL_RAW[agg]
     else:

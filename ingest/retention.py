@@ -31,6 +31,8 @@ from typing import Any
 
 from ingest.store import Store
 
+#: how long after an hour ends a rollup pass waits before rolling it (points of all series have come in)
+GRACE = timedelta(minutes=10)
 #: how far back the last rolled value of a counter is looked for to link its first remaining raw sample
 PREDECESSOR_LOOKBACK = timedelta(days=1)
 
@@ -91,18 +93,19 @@ def _count(cur: Any, sql: str, params: dict[str, Any] | None = None) -> int:
     return int(rows[0][0]) if rows and rows[0][0] is not None else 0
 
 
-# The raw points to roll up, minus those in sealed hours; then each point's contribution to a counter's
+# The raw points to roll up (``{where}``: a fixed condition on ``p.ts``/``p.series_id`` with bound values);
+# sealed hours are taken out of it afterwards (``_SEALED``); then each point's contribution to a counter's
 # increase (NULL when it has no predecessor: the first sample ever, as in Prometheus).
 _SNAPSHOT = """
 CREATE OR REPLACE TEMP TABLE _retention_raw AS
 SELECT p.series_id, p.ts, p.value, coalesce(s.kind, 'gauge') AS kind,
     epoch_us(p.ts) // 300000000 AS b5, epoch_us(p.ts) // 3600000000 AS b1
 FROM points p LEFT JOIN series s USING (series_id)
-WHERE p.ts < $cutoff
+WHERE {where}
 """
 _SEALED = """
 DELETE FROM _retention_raw r USING points_1h h
-WHERE h.series_id = r.series_id AND epoch_us(h.ts) // 3600000000 = r.b1 AND h.ts >= $lo AND h.ts < $cutoff
+WHERE h.series_id = r.series_id AND epoch_us(h.ts) // 3600000000 = r.b1 AND h.ts >= $lo AND h.ts < $hi
 """
 _INCREMENTS = """
 CREATE OR REPLACE TEMP TABLE _retention_inc AS
@@ -133,6 +136,59 @@ SELECT series_id, make_timestamp({bucket} * {width}), avg(value), min(value), ma
     count(*), arg_max(value, ts)
 FROM _retention_inc GROUP BY series_id, {bucket}
 """
+#: series whose late points (``rollup_dirty``) fall in rolled hours that still have raw points, with the first
+#: such hour: their rollups from that hour to ``rolled_to`` are rebuilt from the raw points
+_DIRTY = """
+CREATE OR REPLACE TEMP TABLE _rollup_redo AS
+SELECT series_id, min(hour) AS hour FROM rollup_dirty
+WHERE hour < $rolled_to AND ($raw_from IS NULL OR hour >= $raw_from)
+GROUP BY series_id
+"""
+
+
+@dataclass(frozen=True)
+class RollupState:
+    """How far the rollups reach (table ``rollup_state``).
+
+    ``raw_from``: raw points before it were deleted by retention (``None``: never); ``rolled_to``: every raw
+    point before it is represented in ``points_5m`` and ``points_1h`` (``None``: nothing rolled yet), except late
+    arrivals listed in ``rollup_dirty`` that the next rollup pass takes in. Both sit on hour boundaries.
+    """
+
+    raw_from: datetime | None
+    rolled_to: datetime | None
+
+
+def rollup_state(cur: Any) -> RollupState | None:
+    """The store's rollup state (``None`` before any rollup pass or retention run)."""
+    rows = cur.execute("SELECT raw_from, rolled_to FROM rollup_state WHERE id = 1").fetchall()
+    return RollupState(*rows[0]) if rows else None
+
+
+def _set_state(cur: Any, state: RollupState) -> None:
+    cur.execute(
+        """
+        INSERT INTO rollup_state (id, raw_from, rolled_to, updated) VALUES (1, $raw_from, $rolled_to, now())
+        ON CONFLICT (id) DO UPDATE SET raw_from = excluded.raw_from, rolled_to = excluded.rolled_to,
+            updated = excluded.updated
+        """,
+        {"raw_from": state.raw_from, "rolled_to": state.rolled_to},
+    )
+
+
+@dataclass(frozen=True)
+class RollupReport:
+    """What one :func:`roll_up_recent` pass did: rollup rows written, series whose late points made their
+    rollups be rebuilt, and the hour boundary the rollups now reach (``None``: no points yet)."""
+
+    rolled_5m: int
+    rolled_1h: int
+    rebuilt_series: int
+    rolled_to: datetime | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (datetimes as ISO 8601 strings)."""
+        return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in asdict(self).items()}
 
 
 def apply_retention(
@@ -191,26 +247,123 @@ def apply_retention(
             if age is not None:
                 # table and column names come from the fixed mapping above, never from input
                 extra[field] = _count(cur, f"DELETE FROM {table} WHERE {col} < $c", {"c": now - age})
-        cur.execute("DROP TABLE IF EXISTS _retention_raw")
-        cur.execute("DROP TABLE IF EXISTS _retention_inc")
     return RetentionReport(cutoff=cutoff, deleted_5m=deleted_5m, cutoff_5m=cutoff_5m, **counts, **extra)
 
 
-def _roll_up(cur: Any, cutoff: datetime) -> dict[str, int]:
-    """Write the rollups of raw points before ``cutoff`` and delete those points (inside a transaction)."""
-    cur.execute(_SNAPSHOT, {"cutoff": cutoff})
-    snapshot = _count(cur, "SELECT count(*) FROM _retention_raw")
-    if snapshot == 0:
-        return {"rolled_5m": 0, "rolled_1h": 0, "deleted_raw": 0, "discarded_late": 0}
+def _roll(cur: Any, where: str, params: dict[str, Any], *, seal: tuple[datetime, datetime] | None) -> dict:
+    """Roll the raw points matching ``where`` into both rollup tables (inside a transaction); with ``seal``
+    ``(lo, hi)``, points in hours of that range that already have an hourly row are left out (and counted)."""
+    cur.execute(_SNAPSHOT.format(where=where), params)
+    if _count(cur, "SELECT count(*) FROM _retention_raw") == 0:
+        return {"rolled_5m": 0, "rolled_1h": 0, "sealed": 0}
     first = cur.execute("SELECT min(ts) FROM _retention_raw").fetchall()[0][0]
-    discarded = _count(cur, _SEALED, {"lo": _floor_hour(first), "cutoff": cutoff})
+    sealed = 0
+    if seal is not None:
+        sealed = _count(cur, _SEALED, {"lo": max(_floor_hour(first), seal[0]), "hi": seal[1]})
     cur.execute(_INCREMENTS, {"pre_lo": first - PREDECESSOR_LOOKBACK})
-    rolled_5m = _count(cur, _ROLLUP.format(table="points_5m", bucket="b5", width=_FIVE_MIN_US))
-    rolled_1h = _count(cur, _ROLLUP.format(table="points_1h", bucket="b1", width=_HOUR_US))
+    out = {
+        "rolled_5m": _count(cur, _ROLLUP.format(table="points_5m", bucket="b5", width=_FIVE_MIN_US)),
+        "rolled_1h": _count(cur, _ROLLUP.format(table="points_1h", bucket="b1", width=_HOUR_US)),
+        "sealed": sealed,
+    }
+    cur.execute("DROP TABLE IF EXISTS _retention_raw")
+    cur.execute("DROP TABLE IF EXISTS _retention_inc")
+    return out
+
+
+def _add(total: dict[str, int], part: dict[str, int]) -> None:
+    for k, v in part.items():
+        total[k] = total.get(k, 0) + v
+
+
+def _redo_dirty(cur: Any, state: RollupState | None) -> tuple[dict[str, int], int]:
+    """Rebuild the rollups of series with late points in rolled hours whose raw points still exist (from the
+    first such hour to ``rolled_to``: a counter's increase after a late sample changes too); late points older
+    than ``raw_from`` are retention's to discard or roll up. Empties ``rollup_dirty``."""
+    total: dict[str, int] = {}
+    redone = 0
+    if state is not None and state.rolled_to is not None:
+        cur.execute(_DIRTY, {"rolled_to": state.rolled_to, "raw_from": state.raw_from})
+        redone = _count(cur, "SELECT count(*) FROM _rollup_redo")
+        if redone:
+            for table in ("points_5m", "points_1h"):  # fixed names
+                cur.execute(
+                    f"DELETE FROM {table} t USING _rollup_redo d "
+                    "WHERE t.series_id = d.series_id AND t.ts >= d.hour AND t.ts < $to",
+                    {"to": state.rolled_to},
+                )
+            where = (
+                "p.ts < $to AND EXISTS (SELECT 1 FROM _rollup_redo d "
+                "WHERE d.series_id = p.series_id AND p.ts >= d.hour)"
+            )
+            _add(total, _roll(cur, where, {"to": state.rolled_to}, seal=None))
+        cur.execute("DROP TABLE IF EXISTS _rollup_redo")
+    cur.execute("DELETE FROM rollup_dirty")
+    return total, redone
+
+
+def roll_up_recent(store: Store, *, now: datetime | None = None, grace: timedelta = GRACE) -> RollupReport:
+    """Roll every complete hour of raw points into ``points_5m`` and ``points_1h``, keeping the raw points.
+
+    Queries then read long ranges from the rollups (a 30-day chart reads hourly rows, not 43,200 raw points
+    per series) and only the last hour or so raw. A pass rolls the hours from ``rolled_to`` up to
+    ``floor_to_hour(min(latest point, now) - grace)`` and rebuilds the rollups of series that received late
+    points for rolled hours (the store lists them in ``rollup_dirty`` as it appends), so rollups always equal
+    what the raw points give. Incremental and idempotent: a pass reads only the new hours and the late
+    series. ``rootwise serve`` runs one after every detection pass; ``rootwise rollup`` runs one.
+    """
+    now = _naive_utc(now) if now is not None else datetime.now(UTC).replace(tzinfo=None)
+    with store.write_transaction() as cur:
+        state = rollup_state(cur)
+        totals, redone = _redo_dirty(cur, state)
+        latest = cur.execute("SELECT max(ts) FROM points WHERE ts <= $now", {"now": now}).fetchall()[0][0]
+        start = state.rolled_to if state is not None else None
+        to = _floor_hour(latest - grace) if latest is not None else None
+        if to is not None and (start is None or to > start):
+            where, params = (
+                ("p.ts < $to", {"to": to})
+                if start is None
+                else ("p.ts >= $lo AND p.ts < $to", {"lo": start, "to": to})
+            )
+            # hours rolled by a retention run before rollup_state existed stay as they are
+            _add(totals, _roll(cur, where, params, seal=(start or datetime.min, to)))
+            state = RollupState(state.raw_from if state else None, to)
+            _set_state(cur, state)
+    return RollupReport(
+        totals.get("rolled_5m", 0),
+        totals.get("rolled_1h", 0),
+        redone,
+        state.rolled_to if state is not None else None,
+    )
+
+
+def _roll_up(cur: Any, cutoff: datetime) -> dict[str, int]:
+    """Retention's rollup (inside its transaction): after it every raw point before ``cutoff`` is represented
+    in the rollups or discarded as late, and the state says raw points start at ``cutoff``.
+
+    Raw points before the previous ``raw_from`` are late arrivals for deleted hours: those in a sealed hour (an
+    hourly row exists for the series) are discarded, the others rolled up. Hours between ``rolled_to`` and
+    ``cutoff`` are rolled up (all of them, on a store no rollup pass ever ran on).
+    """
+    state = rollup_state(cur)
+    deleted_from = state.raw_from if state is not None else None
+    rolled_to = state.rolled_to if state is not None else None
+    totals, _ = _redo_dirty(cur, state)
+    if deleted_from is not None:  # late arrivals for hours whose raw points retention already deleted
+        bound = min(deleted_from, cutoff)
+        _add(totals, _roll(cur, "p.ts < $hi", {"hi": bound}, seal=(datetime.min, bound)))
+    lo = deleted_from if deleted_from is not None else datetime.min
+    if rolled_to is not None:
+        lo = max(lo, rolled_to)
+    if lo < cutoff:
+        params = {"lo": lo, "hi": cutoff}
+        _add(totals, _roll(cur, "p.ts >= $lo AND p.ts < $hi", params, seal=(datetime.min, cutoff)))
     deleted = _count(cur, "DELETE FROM points WHERE ts < $cutoff", {"cutoff": cutoff})
+    raw_from = max(cutoff, deleted_from) if deleted_from is not None else cutoff
+    _set_state(cur, RollupState(raw_from, max(cutoff, rolled_to) if rolled_to is not None else cutoff))
     return {
-        "rolled_5m": rolled_5m,
-        "rolled_1h": rolled_1h,
+        "rolled_5m": totals.get("rolled_5m", 0),
+        "rolled_1h": totals.get("rolled_1h", 0),
         "deleted_raw": deleted,
-        "discarded_late": discarded,
+        "discarded_late": totals.get("sealed", 0),
     }

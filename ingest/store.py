@@ -114,6 +114,25 @@ _INSERT = {
         ON CONFLICT DO UPDATE SET ts = greatest(ts, excluded.ts)
     """,
 }
+# Points for hours the rollups already cover (see :func:`ingest.retention.roll_up_recent`): the next rollup
+# pass rebuilds those series' rollups from their raw points (the next hour too: a counter's first increase
+# there depends on its predecessor)
+_LATE = """
+    INSERT INTO rollup_dirty
+    SELECT DISTINCT series_id, h FROM (
+        SELECT series_id, date_trunc('hour', ts) AS h FROM b WHERE ts < $to
+        UNION ALL
+        SELECT series_id, date_trunc('hour', ts) + INTERVAL 1 HOUR FROM b WHERE ts < $to - INTERVAL 1 HOUR
+    )
+"""
+
+
+def _mark_late(cur: duckdb.DuckDBPyConnection, lo: Any) -> None:
+    rows = cur.execute("SELECT rolled_to FROM rollup_state WHERE id = 1").fetchall()
+    if rows and rows[0][0] is not None and lo < rows[0][0]:
+        cur.execute(_LATE, {"to": rows[0][0]})
+
+
 _TIME_COL = {"points": "ts", "histograms": "ts", "spans": "start", "logs": "ts"}
 # the column order of the Arrow table handed to DuckDB must match the table for the SELECT * inserts
 _ORDER = ("series", "points", "histograms", "spans", "logs", "events", "edges")
@@ -256,6 +275,8 @@ class Store:
                     col = frame.get_column(_TIME_COL[part])
                     params = {"lo": col.min(), "hi": col.max()}
                 rows = cur.execute(_INSERT[part], params or None).fetchall()
+                if part == "points":
+                    _mark_late(cur, params["lo"])
                 cur.unregister("b")
                 if part != "series":
                     result.inserted[part] = int(rows[0][0]) if rows else 0

@@ -106,3 +106,19 @@ def test_pass_on_an_empty_store_and_report_delivery(tmp_path: Path, receiver: Re
         client = app.test_client()
         assert client.get("/reports/capacity-x.html").data == b"<html>report</html>"
         assert client.get("/reports/..%2Fs.duckdb").status_code == 404
+
+
+def test_a_pass_rolls_up_the_complete_hours(tmp_path: Path) -> None:
+    from ingest.batch import MetricBuilder
+
+    b = MetricBuilder("t")
+    sid = b.series("queue_depth", "api", "gauge", "1", {})
+    t0 = datetime(2026, 3, 1)
+    for i in range(3 * 60):
+        b.point(sid, int((t0 + timedelta(minutes=i)).replace(tzinfo=UTC).timestamp() * 1e9), float(i), "p")
+    with Store(tmp_path / "s.duckdb") as store:
+        store.append(b.build())
+        out = Scheduler(store, settings=SchedulerSettings(report_interval=timedelta(0))).run_pass()
+        assert "error" not in out
+        assert out["rollup"]["rolled_to"] == "2026-03-01T02:00:00"  # 02:59 minus 10 minutes of grace
+        assert (store.count("points_1h"), store.count("points_5m"), store.count("points")) == (2, 24, 180)
