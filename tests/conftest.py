@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,31 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.fail(f"shared data folder missing: {SHARED_DATA}")
     return SHARED_DATA
+
+
+class Drained:
+    """What a child process wrote to one of its pipes, read continuously by a thread.
+
+    A server whose stderr nobody reads blocks once the pipe's buffer (64 KB) is full: its scheduler then stops in
+    the middle of a log line and a test waits for a page that never comes. ``read()`` returns everything written
+    so far (all of it once the process has exited), like reading the pipe after the end.
+    """
+
+    def __init__(self, pipe: Any) -> None:
+        self._pipe, self._parts = pipe, []
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        for line in iter(self._pipe.readline, ""):
+            self._parts.append(line)
+
+    def read(self) -> str:
+        self._thread.join(timeout=5)
+        return "".join(self._parts)
+
+    def close(self) -> None:
+        self._pipe.close()
 
 
 @pytest.fixture
@@ -59,6 +85,8 @@ def serve_process():
             raise RuntimeError(
                 f"rootwise serve did not start: {line}{proc.stderr.read() if proc.stderr else ''}"
             )
+        # both pipes are drained from now on (see Drained); ``proc.stderr.read()`` still gives what was logged
+        proc.stdout, proc.stderr = Drained(proc.stdout), Drained(proc.stderr)  # type: ignore[assignment]
         return line.split(" on ", 1)[1].strip(), proc
 
     yield start

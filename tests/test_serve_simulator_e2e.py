@@ -243,7 +243,14 @@ def test_simulated_platform_pages_and_resolves(
     )
     # the rest of the day: the fault ends, the incident resolves, the resolve is delivered once
     send(url, telemetry, lambda t: t > split)
-    wait_for(lambda: ("resolve", dedup) in pd_events(receiver), 240, "the resolve", proc)
+    try:
+        wait_for(lambda: ("resolve", dedup) in pd_events(receiver), 300, "the resolve", proc)
+    except AssertionError as exc:  # say where it stopped: the incident's state and the scheduler's figures
+        now = json.loads(urllib.request.urlopen(f"{url}/api/v1/incidents", timeout=30).read())
+        state = [{k: i.get(k) for k in ("id", "status", "start", "end")} for i in now if i["id"] == dedup]
+        metrics = urllib.request.urlopen(f"{url}/metrics", timeout=30).read().decode()
+        figures = [line for line in metrics.splitlines() if line.startswith("rootwise_scheduler")]
+        raise AssertionError(f"{exc}; incident {state}; {figures}; PD events {pd_events(receiver)}") from None
     assert pd_events(receiver).count(("trigger", dedup)) == 1
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 0
