@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -151,25 +152,44 @@ class TelemetryBatch:
         return out
 
 
+def labels_arrow(items: list[Any]) -> pa.ListArray:
+    """A ``LABELS`` column (list of key/value structs) as one Arrow array, from per-row label lists of
+    ``(key, value)`` pairs or of ``{"key", "value"}`` dicts (:func:`labels_list`); ``None`` rows are empty.
+
+    Polars builds such a column from Python objects one row at a time (a Series per cell), which cost more than
+    decoding the OTLP spans themselves; here it is three flat arrays."""
+    items = [i or () for i in items]
+    offsets = np.zeros(len(items) + 1, dtype=np.int32)
+    np.cumsum([len(i) for i in items], out=offsets[1:])
+    first = next((p for i in items for p in i), None)
+    if isinstance(first, dict):
+        keys = [p["key"] for i in items for p in i]
+        values = [p["value"] for i in items for p in i]
+    else:
+        keys = [k for i in items for k, _ in i]
+        values = [v for i in items for _, v in i]
+    return pa.ListArray.from_arrays(
+        pa.array(offsets),
+        pa.StructArray.from_arrays(
+            [pa.array(keys, pa.string()), pa.array(values, pa.string())], names=["key", "value"]
+        ),
+    )
+
+
+def _float_lists(rows: tuple[list[float], ...]) -> pa.ListArray:
+    """A list-of-float64 column as one Arrow array (histogram bounds and counts; see :func:`labels_arrow`)."""
+    offsets = np.zeros(len(rows) + 1, dtype=np.int32)
+    np.cumsum([len(r) for r in rows], out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array([x for r in rows for x in r], pa.float64()))
+
+
 def series_frame(rows: list[tuple]) -> pl.DataFrame:
     """Series rows ``(id, metric, service, kind, unit, sorted label items)`` as a SERIES frame.
 
     The labels column is assembled as one Arrow list array: building it row by row through polars costs
     more than the whole parse of a Prometheus page.
     """
-    items = [r[5] for r in rows]
-    offsets = np.zeros(len(rows) + 1, dtype=np.int32)
-    np.cumsum([len(i) for i in items], out=offsets[1:])
-    labels = pa.ListArray.from_arrays(
-        pa.array(offsets),
-        pa.StructArray.from_arrays(
-            [
-                pa.array([k for i in items for k, _ in i], pa.string()),
-                pa.array([v for i in items for _, v in i], pa.string()),
-            ],
-            names=["key", "value"],
-        ),
-    )
+    labels = labels_arrow([r[5] for r in rows])
     return pl.DataFrame(
         {
             "series_id": pl.Series([r[0] for r in rows], dtype=pl.Int64),
@@ -292,10 +312,15 @@ class MetricBuilder:
             schema={"series_id": pl.Int64, "ts": pl.Int64, "value": pl.Float64},
         ).with_columns(pl.from_epoch("ts", time_unit="ns").cast(schema.TS))
         if self._h_rows:
+            types = {**schema.HISTOGRAMS, "ts": pl.Int64}
+            cols = dict(zip(types, zip(*self._h_rows, strict=True), strict=True))
             hist = pl.DataFrame(
-                self._h_rows,
-                schema={**schema.HISTOGRAMS, "ts": pl.Int64},
-                orient="row",
+                {
+                    c: pl.Series(c, _float_lists(v))
+                    if c in ("bounds", "counts")
+                    else pl.Series(c, v, types[c])
+                    for c, v in cols.items()
+                }
             ).with_columns(pl.from_epoch("ts", time_unit="ns").cast(schema.TS))
         else:
             hist = schema.empty(schema.HISTOGRAMS)

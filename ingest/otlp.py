@@ -55,7 +55,15 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from ingest import schema
-from ingest.batch import MetricBuilder, Reject, TelemetryBatch, labels_list, log_id, ts_bounds_ns
+from ingest.batch import (
+    MetricBuilder,
+    Reject,
+    TelemetryBatch,
+    labels_arrow,
+    labels_list,
+    log_id,
+    ts_bounds_ns,
+)
 from ingest.genai import DEFAULT_TENANT_ATTRIBUTE, canonical_labels, span_columns
 
 SIGNALS = ("metrics", "traces", "logs")
@@ -705,9 +713,13 @@ class _Rows:
     def frame(self, time_col: str) -> pl.DataFrame:
         if not self.cols[time_col]:
             return schema.empty(self.columns)
-        return pl.DataFrame(self.cols, schema={**self.columns, time_col: pl.Int64}).with_columns(
-            pl.from_epoch(time_col, time_unit="ns").cast(schema.TS)
-        )
+        types = {**self.columns, time_col: pl.Int64}
+        # label columns through Arrow in one piece (see labels_arrow): polars would build them cell by cell
+        cols = {
+            c: pl.Series(c, labels_arrow(v)) if types[c] == schema.LABELS else pl.Series(c, v, dtype=types[c])
+            for c, v in self.cols.items()
+        }
+        return pl.DataFrame(cols).with_columns(pl.from_epoch(time_col, time_unit="ns").cast(schema.TS))
 
 
 def _decode_traces(obj: dict, source: str, tenant_attribute: str, now_ns: int | None) -> TelemetryBatch:
