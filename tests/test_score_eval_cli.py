@@ -87,9 +87,9 @@ def test_eval_nab_scores_the_corpus_above_a_floor(tmp_path: Path, shared_data: P
 
 def test_bench_detect_small(tmp_path: Path) -> None:
     out = tmp_path / "bd.json"
-    p = _run("bench", "detect", "--series", "40", "--days", "2", "--out", str(out), "--format", "json")
+    p = _run("bench", "detect", "--series", "20", "--days", "1", "--out", str(out), "--format", "json")
     assert p.returncode == 0, p.stderr
     r = json.loads(out.read_text())
-    assert r["first_run"]["points"] == 40 * 2 * 1440
-    assert r["incremental_run"]["points"] == 40 * 5
+    assert r["first_run"]["points"] == 20 * 1440
+    assert r["incremental_run"]["points"] == 20 * 5
     assert "streaming" in r["families"]
