@@ -179,6 +179,8 @@ def test_service_page_groups_by_the_label_in_the_url(server, browser_page, tmp_p
     page.locator("[role=option]", has_text="llm-serving").click()
     page.wait_for_url("**/service/llm-serving?range=24h&by=region", timeout=20_000)
     page.locator("#panel-kv .scatterlayer .trace").first.wait_for(state="attached", timeout=30_000)
+    # panels draw in any order: wait for this one's line too (tokens have no region label: one line)
+    page.locator("#panel-tokens_out .scatterlayer .trace").first.wait_for(state="attached", timeout=30_000)
     assert page.locator("#panel-tokens_out .scatterlayer .trace").count() == 1
     assert "region=" + REGION in page.text_content("#panel-kv .legend")
     assert page.locator("#panel-requests").count() == 0  # no request metrics: no broken panel

@@ -10,11 +10,11 @@ from __future__ import annotations
 import html as html_text
 import textwrap
 from datetime import datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import quote, unquote, urlencode
 
 import dash
-import plotly.graph_objects as go
+import plotly.io as pio
 import polars as pl
 from dash import ALL, MATCH, Input, Output, State, callback, dcc, html
 
@@ -208,19 +208,32 @@ def layout(
     )
 
 
-def _empty(message: str) -> go.Figure:
+#: the light template as plain JSON, looked up once: a dict figure skips plotly's validation of every
+#: property (and its copy of the whole template), a third of a panel's time with eleven panels at once
+_TEMPLATE = pio.templates["plotly_white"].to_plotly_json()
+
+
+def _figure(traces: list[dict[str, Any]], layout: dict[str, Any]) -> dict[str, Any]:
+    return {"data": traces, "layout": {"template": _TEMPLATE, **layout}}
+
+
+def _empty(message: str) -> dict[str, Any]:
     """An empty chart that says why (query errors name the metric or label; wrapped to fit the panel)."""
-    fig = go.Figure()
     text = "<br>".join(html_text.escape(line) for line in textwrap.wrap(message, 60)[:6])
-    fig.update_layout(
-        annotations=[{"text": text, "showarrow": False, "xref": "paper", "yref": "paper"}],
-        xaxis={"visible": False},
-        yaxis={"visible": False},
-        template="plotly_white",
-        height=260,
-        margin={"l": 10, "r": 10, "t": 10, "b": 10},
+    return _figure(
+        [],
+        {
+            "annotations": [{"text": text, "showarrow": False, "xref": "paper", "yref": "paper"}],
+            "xaxis": {"visible": False},
+            "yaxis": {"visible": False},
+            "height": 260,
+            "margin": {"l": 10, "r": 10, "t": 10, "b": 10},
+        },
     )
-    return fig
+
+
+def _line(x: list[Any], y: list[Any], name: str, **line: Any) -> dict[str, Any]:
+    return {"type": "scatter", "x": x, "y": y, "mode": "lines", "name": name, "line": line}
 
 
 def _top(frame: pl.DataFrame, by: str) -> tuple[list[str | None], int]:
@@ -236,7 +249,7 @@ def _name(by: str, value: str | None) -> str:
     return html_text.escape(f"{by}={value}" if value is not None else f"no {by} label")
 
 
-def panel_figure(panel: Panel, metric: str, service: str, by: str | None, rng: str | None) -> go.Figure:
+def panel_figure(panel: Panel, metric: str, service: str, by: str | None, rng: str | None) -> dict[str, Any]:
     """The figure of one panel (a message in an empty chart when there is nothing to plot)."""
     window = _window(rng)
     if window is None:
@@ -259,7 +272,7 @@ def panel_figure(panel: Panel, metric: str, service: str, by: str | None, rng: s
         return _empty(str(exc))
     if frame.height == 0:
         return _empty("no points in this range")
-    fig = go.Figure()
+    traces: list[dict[str, Any]] = []
     subtitle = ""  # what the lines are, when the card's title does not say it all
     if by:
         groups, total = _top(frame, by)
@@ -270,65 +283,64 @@ def panel_figure(panel: Panel, metric: str, service: str, by: str | None, rng: s
             subtitle += f", top {len(groups)} of {total}"
         for i, value in enumerate(groups):
             part = frame.filter(pl.col(by).is_null() if value is None else pl.col(by) == value)
-            fig.add_scatter(
-                x=part["ts"].to_list(),
-                y=part["value"].to_list(),
-                mode="lines",
-                name=_name(by, value),
-                line={"color": _PALETTE[i % len(_PALETTE)], "width": 1.5},
+            color = _PALETTE[i % len(_PALETTE)]
+            traces.append(
+                _line(part["ts"].to_list(), part["value"].to_list(), _name(by, value), color=color, width=1.5)
             )
     elif panel.how == "quantiles":
         for q, dash_style in ((0.5, "solid"), (0.99, "dot")):
             part = frame.filter(pl.col("quantile") == q)
-            fig.add_scatter(
-                x=part["ts"].to_list(),
-                y=part["value"].to_list(),
-                mode="lines",
-                name=f"p{q * 100:g}",
-                line={"color": _PALETTE[0], "dash": dash_style, "width": 1.5},
+            traces.append(
+                _line(
+                    part["ts"].to_list(),
+                    part["value"].to_list(),
+                    f"p{q * 100:g}",
+                    color=_PALETTE[0],
+                    dash=dash_style,
+                    width=1.5,
+                )
             )
     elif panel.how == "score":
         band = data.service_quantiles(metric, service, None, (0.1, 0.9), start, end)
         lo, hi = band.filter(pl.col("quantile") == 0.1), band.filter(pl.col("quantile") == 0.9)
         if lo.height and lo.height == hi.height:
             ts = lo["ts"].to_list()
-            fig.add_scatter(
-                x=ts + ts[::-1],
-                y=hi["value"].to_list() + lo["value"].to_list()[::-1],
-                fill="toself",
-                fillcolor="rgba(31,119,180,0.2)",
-                line={"width": 0},
-                name="p10–p90",
-                hoverinfo="skip",
+            traces.append(
+                {
+                    "type": "scatter",
+                    "x": ts + ts[::-1],
+                    "y": hi["value"].to_list() + lo["value"].to_list()[::-1],
+                    "fill": "toself",
+                    "fillcolor": "rgba(31,119,180,0.2)",
+                    "line": {"width": 0},
+                    "name": "p10–p90",
+                    "hoverinfo": "skip",
+                }
             )
-        fig.add_scatter(
-            x=frame["ts"].to_list(),
-            y=frame["value"].to_list(),
-            mode="lines",
-            name="mean",
-            line={"width": 1.5},
-        )
+        traces.append(_line(frame["ts"].to_list(), frame["value"].to_list(), "mean", width=1.5))
     else:
-        fig.add_scatter(
-            x=frame["ts"].to_list(),
-            y=frame["value"].to_list(),
-            mode="lines",
-            name=html_text.escape(metric),
-            line={"color": _PALETTE[0], "width": 1.5},
+        name = html_text.escape(metric)
+        traces.append(
+            _line(frame["ts"].to_list(), frame["value"].to_list(), name, color=_PALETTE[0], width=1.5)
         )
-    fig.update_layout(
-        title={"text": html_text.escape(subtitle), "font": {"size": 11, "color": "#667085"}, "x": 0.01},
-        height=260,
-        margin={"l": 48, "r": 10, "t": 24 if subtitle else 10, "b": 28},
-        xaxis={"title": None, "hoverformat": "%Y-%m-%d %H:%M UTC"},  # the page says "Times in UTC" once
-        yaxis_title=html_text.escape(panel.unit),
-        yaxis={"rangemode": "tozero"},
-        legend={"orientation": "h", "y": -0.18, "font": {"size": 10}},
-        showlegend=bool(by) or panel.how in _HISTOGRAM,
-        template="plotly_white",
-        hovermode="x unified",
+    return _figure(
+        traces,
+        {
+            "title": {
+                "text": html_text.escape(subtitle),
+                "font": {"size": 11, "color": "#667085"},
+                "x": 0.01,
+            },
+            "height": 260,
+            "margin": {"l": 48, "r": 10, "t": 24 if subtitle else 10, "b": 28},
+            # the page says "Times in UTC" once
+            "xaxis": {"title": {"text": None}, "hoverformat": "%Y-%m-%d %H:%M UTC"},
+            "yaxis": {"title": {"text": html_text.escape(panel.unit)}, "rangemode": "tozero"},
+            "legend": {"orientation": "h", "y": -0.18, "font": {"size": 10}},
+            "showlegend": bool(by) or panel.how in _HISTOGRAM,
+            "hovermode": "x unified",
+        },
     )
-    return fig
 
 
 @callback(
