@@ -9,8 +9,9 @@ from app.rca_eval.simulator import eval_simulator
 
 @pytest.mark.slow
 def test_rca_names_the_root_cause_of_simulated_incidents_of_every_kind():
-    # seed 4 was not used to tune the engine (seeds 2-3 were); 3 days give at least one incident of each kind
-    result = eval_simulator(seeds=(4,), days=3.0, scale=0.5)
+    # seed 4 was not used to tune the engine (seeds 2-3 were); 3 days give at least one incident of each kind;
+    # scale 0.25 (half the fleet of the evaluation's default) keeps the test short: AC@1 and AC@3 1.00 here too
+    result = eval_simulator(seeds=(4,), days=3.0, scale=0.25)
     rows = {r["fault_type"]: r for r in result["summary"] if r["system"] == "simulator"}
     assert {
         "bad_deploy",
