@@ -22,14 +22,16 @@ Method
   series (:func:`forecast_daily`); the P50 date is the median of the simulated days, the P90 date their 10th
   percentile (demand passes the limit on or after it nine times in ten).
 * **Scenarios** multiply (``factor``) or add to (``add``) the demand that matches their labels from a start
-  date; a tenant's share of each model and region's demand comes from the last week's usage.
+  date; a tenant's share of each model and region's demand comes from the last week's usage. A scenario only
+  rescales the fitted forecasts, so one can be added to a finished plan (:func:`with_scenario`) without
+  forecasting again.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -70,7 +72,11 @@ class Budget:
 @dataclass(frozen=True)
 class CapacitySettings:
     """``[capacity]`` settings; every field is a key of that table (``gpu_quota``, ``budgets`` and
-    ``scenarios`` are sub-tables / arrays of tables)."""
+    ``scenarios`` are sub-tables / arrays of tables).
+
+    ``refresh`` is how long ``rootwise serve`` waits after planning before it plans again for the app's
+    Capacity page (``"15m"`` in the file); the CLI report ignores it.
+    """
 
     horizon_days: int = 90
     history_days: int = 28
@@ -83,8 +89,11 @@ class CapacitySettings:
     gpu_quota: dict[str, int] = field(default_factory=dict)
     budgets: tuple[Budget, ...] = ()
     scenarios: tuple[Scenario, ...] = ()
+    refresh: timedelta = timedelta(minutes=15)
 
 
+#: the shortest ``[capacity] refresh``: a plan takes seconds to minutes; planning more often only burns CPU
+MIN_REFRESH = timedelta(minutes=1)
 _KEYS = {f for f in CapacitySettings.__dataclass_fields__}
 
 
@@ -116,10 +125,12 @@ def settings_from_config(extra: Mapping[str, Any]) -> CapacitySettings:
     ...     "scenarios": [{"name": "t-0007 doubles", "match": {"tenant": "t-0007"}, "factor": 2}]}})
     >>> s.horizon_days, s.gpu_quota, s.budgets[0].monthly_usd, s.scenarios[0].factor
     (60, {'us-east': 16}, 50000.0, 2.0)
+    >>> settings_from_config({"capacity": {"refresh": "1h"}}).refresh
+    datetime.timedelta(seconds=3600)
     >>> settings_from_config({"capacity": {"horizon": 60}})
     Traceback (most recent call last):
     ...
-    app.capacity.CapacityConfigError: capacity: unknown key 'horizon'; expected one of budgets, gpu_hour_usd, gpu_quota, history_days, horizon_days, kv_cache_limit, latency_metric, latency_quantile, latency_slo_ms, lead_time_days, scenarios
+    app.capacity.CapacityConfigError: capacity: unknown key 'horizon'; expected one of budgets, gpu_hour_usd, gpu_quota, history_days, horizon_days, kv_cache_limit, latency_metric, latency_quantile, latency_slo_ms, lead_time_days, refresh, scenarios
     """
     raw = extra.get("capacity", {})
     if not isinstance(raw, dict):
@@ -149,6 +160,8 @@ def settings_from_config(extra: Mapping[str, Any]) -> CapacitySettings:
                 f"capacity.latency_metric: expected a metric name, got {raw['latency_metric']!r}"
             )
         kw["latency_metric"] = raw["latency_metric"]
+    if "refresh" in raw:
+        kw["refresh"] = _refresh(raw["refresh"])
     quota = raw.get("gpu_quota", {})
     if not isinstance(quota, dict) or not all(
         isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in quota.values()
@@ -195,6 +208,20 @@ def settings_from_config(extra: Mapping[str, Any]) -> CapacitySettings:
         )
     kw["scenarios"] = tuple(scenarios)
     return CapacitySettings(**kw)
+
+
+def _refresh(value: Any) -> timedelta:
+    from app.alerts.config import parse_duration
+
+    try:
+        if not isinstance(value, str):
+            raise ValueError(f"expected a duration such as 15m or 1h, got {value!r}")
+        refresh = parse_duration(value)
+    except ValueError as exc:
+        raise CapacityConfigError(f"capacity.refresh: {exc}") from exc
+    if refresh < MIN_REFRESH:
+        raise CapacityConfigError(f"capacity.refresh: expected at least 1m, got {value!r}")
+    return refresh
 
 
 def _array(raw: Mapping[str, Any], key: str) -> list[dict[str, Any]]:
@@ -480,6 +507,8 @@ class CapacityPlan:
     scenarios: dict[str, tuple[Resource, ...]]
     accuracy: tuple[Accuracy, ...]
     notes: tuple[str, ...]
+    #: (model, region) -> tenant -> share of the last week's output tokens: how tenant scenarios apply
+    tenant_shares: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
 
     def forecasts_frame(self) -> pl.DataFrame:
         """Daily forecasts of every resource (what the next report scores)."""
@@ -491,6 +520,39 @@ class CapacityPlan:
             if r.kind != "budget" and r.forecast.height
         ]
         return pl.concat(frames) if frames else pl.DataFrame()
+
+
+def scenario_resources(
+    resources: Sequence[Resource],
+    scenario: Scenario,
+    tenant_shares: Mapping[tuple[str, str], Mapping[str, float]],
+    now: datetime,
+) -> tuple[Resource, ...]:
+    """The GPU throughput ``resources`` under ``scenario``: forecasts rescaled from the scenario's start (``now``
+    when it has none), exhaustion dates read again; quota and budgets are not scenario-dependent."""
+    out = []
+    for r in resources:
+        if r.kind != "gpu":
+            continue
+        share = tenant_shares.get((r.scope["model"], r.scope["region"]), {})
+        mult, add = scenario_factor(scenario, r.scope, share)
+        fc = apply_scenario(r.forecast, scenario, mult, add, now)
+        p50, p90 = crossing(fc, r.limit)
+        out.append(Resource(**{**r.__dict__, "p50": p50, "p90": p90, "forecast": fc}))
+    return tuple(out)
+
+
+def with_scenario(plan: CapacityPlan, scenario: Scenario) -> CapacityPlan:
+    """``plan`` with ``scenario`` planned after its configured ones: what :func:`plan_capacity` returns with the
+    scenario added to its settings, without reading the store or forecasting again (milliseconds, not seconds)."""
+    return replace(
+        plan,
+        settings=replace(plan.settings, scenarios=(*plan.settings.scenarios, scenario)),
+        scenarios={
+            **plan.scenarios,
+            scenario.name: scenario_resources(plan.resources, scenario, plan.tenant_shares, plan.history_end),
+        },
+    )
 
 
 def key_labels(hourly: pl.DataFrame, keys: Sequence[str]) -> dict[str, dict[str, str]]:
@@ -566,7 +628,9 @@ def _tenant_shares(store: Any, start: datetime, end: datetime) -> dict[tuple[str
     if usage.height == 0:
         return {}
     tot = usage.group_by("tenant", "model", "region").agg(pl.col("value").sum())
-    tot = tot.with_columns((pl.col("value") / pl.col("value").sum().over("model", "region")).alias("share"))
+    tot = tot.with_columns(
+        (pl.col("value") / pl.col("value").sum().over("model", "region")).alias("share")
+    ).sort("model", "region", "tenant", nulls_last=True)  # the same plan from the same store, dicts included
     out: dict[tuple[str, str], dict[str, float]] = {}
     for row in tot.iter_rows(named=True):
         out.setdefault((row["model"], row["region"]), {})[row["tenant"]] = float(row["share"] or 0.0)
@@ -864,18 +928,7 @@ def plan_capacity(store: Any, settings: CapacitySettings, *, now: datetime | Non
         )
     resources.sort(key=lambda r: (r.p90 is None, r.p90 or datetime.max, r.name))
 
-    scen: dict[str, tuple[Resource, ...]] = {}
-    for s in settings.scenarios:
-        out = []
-        for r in resources:
-            if r.kind != "gpu":
-                continue
-            share = shares.get((r.scope["model"], r.scope["region"]), {})
-            mult, add = scenario_factor(s, r.scope, share)
-            fc = apply_scenario(r.forecast, s, mult, add, end)
-            p50, p90 = crossing(fc, r.limit)
-            out.append(Resource(**{**r.__dict__, "p50": p50, "p90": p90, "forecast": fc}))
-        scen[s.name] = tuple(out)
+    scen = {s.name: scenario_resources(resources, s, shares, end) for s in settings.scenarios}
 
     accuracy = _accuracy(results.previous_capacity_forecasts(store, created), resources, tok_daily)
     return CapacityPlan(
@@ -889,6 +942,7 @@ def plan_capacity(store: Any, settings: CapacitySettings, *, now: datetime | Non
         scenarios=scen,
         accuracy=accuracy,
         notes=tuple(notes),
+        tenant_shares=shares,
     )
 
 

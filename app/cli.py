@@ -156,6 +156,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if capacity is not None:  # the capacity page plans with the configured limits, budgets, scenarios
             data.attach_capacity_settings(server, capacity)
         data.attach_alerting(server, alerting)  # the Alerts page shows routes and receivers (secrets masked)
+        # the Capacity page's plan is made in the background from now on (with or without --no-scheduler)
+        data.start_capacity_planner(server)
 
     targets = [ScrapeTarget(url=s.url, service=s.service, labels=s.labels) for s in config.scrape]
     serve(

@@ -84,8 +84,17 @@ def _token(search: str | None) -> str | None:
 
 
 def create_dash(server: flask.Flask, store: Store) -> dash.Dash:
-    """Build the app on ``server`` reading from ``store``."""
+    """Build the app on ``server`` reading from ``store``.
+
+    ``GET /capacity/status`` says where the Capacity page's background plan is (:meth:`data.CapacitySnapshot.status`:
+    ``state`` is ``computing`` until the first plan or failure, then ``planned`` or ``failed``).
+    """
     data.attach(server, store)
+    server.add_url_rule(
+        "/capacity/status",
+        "rootwise_capacity_status",
+        lambda: flask.jsonify(data.capacity_snapshot().status()),
+    )
     app = dash.Dash(
         __name__,
         server=server,

@@ -6,9 +6,12 @@ the Flask app, not a module global) with a short TTL: the receiver keeps writing
 
 from __future__ import annotations
 
+import atexit
+import logging
 import threading
 import time
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -310,54 +313,275 @@ def explain_incident(incident_id: str) -> list[dict[str, Any]] | None:
 
 
 # -- capacity and service pages (pages/capacity.py, pages/service.py) ----------------------------------
-# A capacity plan fits a forecaster per demand series (about a second on a month of data), so plans are kept
-# for minutes, not seconds, in their own per-app cache: demand forecasts do not change while someone reads.
+# Planning capacity fits and simulates every demand series (11 s on a month of 5,000 series): far too slow for
+# a page load, and the answer moves slowly. So the page shows the plan a background thread made
+# (CapacityPlanner, one per server), and a what-if only rescales that plan's forecasts (capacity.with_scenario).
 CAPACITY_SETTINGS_KEY = "rootwise.capacity_settings"
-PLAN_CACHE_KEY = "rootwise.plan_cache"
-PLAN_TTL_S = 300.0
+CAPACITY_PLANNER_KEY = "rootwise.capacity_planner"
+#: one planner per server, even when the first two requests race to start it
+_PLANNER_LOCK = threading.Lock()
 #: usage labels a what-if scenario can match (see :func:`app.capacity.scenario_factor`)
 SCENARIO_LABELS = ("tenant", "model", "region")
 #: when a metric mixes kinds of series for a service, the kind plotted: instance telemetry before usage rows
 _KIND_PREFERENCE = ("histogram", "counter", "gauge", "summary", "delta")
 #: chart steps: whole multiples of the 5-minute and hourly rollups, so rollups answer exactly
 _STEPS = tuple(timedelta(minutes=m) for m in (1, 5, 15, 30, 60, 180, 360, 720, 1440))
+_capacity_log = logging.getLogger("rootwise.capacity")
 
 
 def attach_capacity_settings(server: flask.Flask, settings: Any) -> None:
     """Give the capacity page the server's ``[capacity]`` settings (``settings_from_config(config.extra)``).
 
-    Without it the page plans with :class:`app.capacity.CapacitySettings` defaults and says so.
+    Without it the page plans with :class:`app.capacity.CapacitySettings` defaults and says so. The background
+    planner reads them at each run: attach them before :func:`start_capacity_planner`.
     """
     server.extensions[CAPACITY_SETTINGS_KEY] = settings
 
 
-def capacity_settings() -> tuple[Any, bool]:
-    """The capacity settings, and whether they came from the server's configuration."""
+def _settings_of(server: flask.Flask) -> tuple[Any, bool]:
     from app.capacity import CapacitySettings
 
-    settings = flask.current_app.extensions.get(CAPACITY_SETTINGS_KEY)
+    settings = server.extensions.get(CAPACITY_SETTINGS_KEY)
     return (settings, True) if settings is not None else (CapacitySettings(), False)
 
 
-def capacity_plan(scenario: Any = None) -> Any:
-    """The capacity plan of the store, with ``scenario`` (an :class:`app.capacity.Scenario`) planned after the
-    configured ones; a message string when the store cannot be planned (no points, bad data)."""
-    from dataclasses import replace
+def capacity_settings() -> tuple[Any, bool]:
+    """The capacity settings, and whether they came from the server's configuration."""
+    return _settings_of(flask.current_app)
 
-    from app.capacity import plan_capacity
 
-    settings, _ = capacity_settings()
-    if scenario is not None:
-        settings = replace(settings, scenarios=(*settings.scenarios, scenario))
+def _utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
 
-    def compute() -> Any:
+
+@dataclass(frozen=True)
+class CapacitySnapshot:
+    """What the background planner has to show: its latest plan and its latest failure (times in UTC).
+
+    ``plan`` (an :class:`app.capacity.CapacityPlan`) is ``None`` until a run succeeds. A failed run keeps the
+    previous plan and sets ``error`` (the message) until a later run succeeds.
+    """
+
+    plan: Any = None
+    planned: datetime | None = None  # when ``plan`` was made
+    seconds: float | None = None  # how long making it took
+    error: str | None = None
+    failed: datetime | None = None
+    running_since: datetime | None = None  # the run in progress (``None``: none)
+    next_run: datetime | None = None
+    runs: int = 0  # finished runs, failed or not
+
+    @property
+    def state(self) -> str:
+        """``computing`` (no run has finished yet), ``failed`` (the latest run failed) or ``planned``."""
+        return "computing" if self.runs == 0 else ("failed" if self.error else "planned")
+
+    def status(self) -> dict[str, Any]:
+        """The snapshot without its plan, as JSON values (``GET /capacity/status``)."""
+
+        def iso(ts: datetime | None) -> str | None:
+            return ts.isoformat() + "Z" if ts else None
+
+        return {
+            "state": self.state,
+            "planned": iso(self.planned),
+            "seconds": None if self.seconds is None else round(self.seconds, 3),
+            "error": self.error,
+            "failed": iso(self.failed),
+            "running_since": iso(self.running_since),
+            "next_run": iso(self.next_run),
+            "runs": self.runs,
+        }
+
+
+class CapacityPlanner:
+    """Plans capacity over a server's store in a daemon thread: at start, then ``[capacity] refresh`` after each
+    run ends; :attr:`snapshot` is the latest result.
+
+    Each run reads the settings attached at that moment (:func:`attach_capacity_settings`). A failed run is
+    logged and kept in the snapshot (the page shows it); the next run is the retry.
+    """
+
+    def __init__(self, server: flask.Flask) -> None:
+        self._server = server
+        self._snapshot = CapacitySnapshot()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._store: Store | None = None  # the thread's own connection to the store's file (see _loop)
+        self._cursor: Any = None  # the thread's store cursor: stop() interrupts its query
+        self._views: dict[Hashable, Any] = {}  # what was drawn from the latest snapshot (view())
+        self._thread = threading.Thread(target=self._loop, name="rootwise-capacity", daemon=True)
+
+    @property
+    def snapshot(self) -> CapacitySnapshot:
+        with self._lock:
+            return self._snapshot
+
+    def _set(self, **changes: Any) -> CapacitySnapshot:
+        with self._lock:
+            self._snapshot = replace(self._snapshot, **changes)
+            if "runs" in changes:
+                self._views.clear()
+            return self._snapshot
+
+    def view(self, snapshot: CapacitySnapshot, key: Hashable, draw: Callable[[], Any]) -> Any:
+        """``draw()``, once per finished run and ``key``: what a page draws from ``snapshot`` (taken from this
+        planner) stays valid until the next run."""
+        with self._lock:
+            if (snapshot.runs, key) in self._views:
+                return self._views[(snapshot.runs, key)]
+        drawn = draw()
+        with self._lock:
+            if self._snapshot.runs == snapshot.runs:  # not from a snapshot replaced meanwhile
+                if len(self._views) >= 64:  # a few what-ifs are looked at; any number could be
+                    self._views.clear()
+                self._views[(snapshot.runs, key)] = drawn
+        return drawn
+
+    def start(self) -> CapacityPlanner:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop planning and wait up to ``timeout`` s for the thread: its queries are interrupted (the one
+        running and any the plan still starts), the computing between them runs to its next query."""
+        self._stop.set()
+        deadline = time.monotonic() + timeout
+        while self._thread.is_alive() and time.monotonic() < deadline:
+            cursor = self._cursor
+            if cursor is not None:
+                try:
+                    cursor.interrupt()  # only a running query notices: again until the thread ends
+                except Exception:  # closed meanwhile: the thread is ending
+                    pass
+            self._thread.join(0.05)
+
+    def _stopping(self) -> bool:
+        # ``rootwise serve`` sets rootwise_stopping on SIGTERM and then closes the store: plan no more
+        return self._stop.is_set() or bool(self._server.extensions.get("rootwise_stopping"))
+
+    def run_once(self) -> CapacitySnapshot:
+        """Plan now, in the calling thread, and keep the result."""
+        from app.capacity import plan_capacity
+
+        settings, _ = _settings_of(self._server)
+        self._set(running_since=_utcnow())
+        began = time.monotonic()
         try:
-            return plan_capacity(_store(), settings)
-        except ValueError as exc:  # QueryError is one; an empty store is another
-            return str(exc)
+            plan = plan_capacity(self._store or self._server.extensions[STORE_KEY], settings)
+        except Exception as exc:  # shown on the page and retried at the next run
+            if self._stopping():  # the interrupted query of stop(): nothing to show
+                return self._set(running_since=None)
+            if isinstance(exc, ValueError):  # QueryError is one; an empty store is another
+                message = str(exc)
+                _capacity_log.warning("capacity not planned: %s", message)
+            else:
+                message = f"{type(exc).__name__}: {exc}"
+                _capacity_log.exception("capacity planning failed")
+            now = _utcnow()
+            return self._set(
+                error=message,
+                failed=now,
+                running_since=None,
+                next_run=now + settings.refresh,
+                runs=self.snapshot.runs + 1,
+            )
+        now = _utcnow()
+        _capacity_log.info("capacity planned in %.1f s", time.monotonic() - began)
+        return self._set(
+            plan=plan,
+            planned=now,
+            seconds=time.monotonic() - began,
+            error=None,
+            failed=None,
+            running_since=None,
+            next_run=now + settings.refresh,
+            runs=self.snapshot.runs + 1,
+        )
 
-    cache = flask.current_app.extensions.setdefault(PLAN_CACHE_KEY, TtlCache(ttl_s=PLAN_TTL_S, max_items=32))
-    return cache.get(("plan", repr(settings)), compute)
+    def _loop(self) -> None:
+        # Its own connection to the file (DuckDB shares the database within the process): ``rootwise serve``
+        # closes its Store on SIGTERM without waiting for this thread, and DuckDB refuses to close a connection
+        # while one of its cursors runs a query (and a plan queries for seconds).
+        shared: Store = self._server.extensions[STORE_KEY]
+        try:
+            if shared.path != ":memory:":  # a second in-memory Store would be another, empty database
+                self._store = Store(shared.path, read_only=shared.read_only)
+        except Exception:
+            _capacity_log.warning("capacity planner: planning on the shared connection", exc_info=True)
+        self._cursor = (self._store or shared).cursor()  # this thread's, as the queries use it
+        try:
+            while not self._stopping():
+                done = self.run_once()
+                wait = (done.next_run - _utcnow()).total_seconds() if done.next_run else 0.0
+                self._stop.wait(max(0.0, wait))
+        finally:
+            self._cursor = None
+            if self._store is not None:
+                try:
+                    self._store.close()
+                except Exception:  # its CHECKPOINT may meet a writer; the data is the shared Store's
+                    _capacity_log.debug("capacity planner's connection closed uncleanly", exc_info=True)
+
+
+def start_capacity_planner(server: flask.Flask) -> CapacityPlanner:
+    """The server's background capacity planner, started on the first call.
+
+    ``rootwise serve`` calls it when it mounts the app, so the first plan is under way before anyone opens the
+    page; otherwise the first look at the Capacity page starts it.
+    """
+    with _PLANNER_LOCK:
+        planner = server.extensions.get(CAPACITY_PLANNER_KEY)
+        if planner is None:
+            planner = server.extensions[CAPACITY_PLANNER_KEY] = CapacityPlanner(server).start()
+            # a daemon thread still inside DuckDB when the interpreter exits aborts the process (SIGABRT):
+            # ``rootwise serve`` returns without knowing of the thread, so the thread is stopped at exit
+            atexit.register(planner.stop, 30.0)
+    return planner
+
+
+def stop_capacity_planner(server: flask.Flask, timeout: float = 10.0) -> None:
+    """Stop the server's planner, if it has one."""
+    with _PLANNER_LOCK:
+        planner = server.extensions.pop(CAPACITY_PLANNER_KEY, None)
+    if planner is not None:
+        atexit.unregister(planner.stop)
+        planner.stop(timeout)
+
+
+def _planner() -> CapacityPlanner:
+    return start_capacity_planner(flask.current_app._get_current_object())  # type: ignore[attr-defined]
+
+
+def capacity_snapshot() -> CapacitySnapshot:
+    """The background planner's latest :class:`CapacitySnapshot` (the planner starts if it has not)."""
+    return _planner().snapshot
+
+
+def _with_scenario(snapshot: CapacitySnapshot, scenario: Any) -> CapacitySnapshot:
+    from app.capacity import with_scenario
+
+    if scenario is None or snapshot.plan is None:
+        return snapshot
+    return replace(snapshot, plan=with_scenario(snapshot.plan, scenario))
+
+
+def capacity_plan(scenario: Any = None) -> CapacitySnapshot:
+    """The latest snapshot, its plan with ``scenario`` (an :class:`app.capacity.Scenario`) planned after the
+    configured scenarios: :func:`app.capacity.with_scenario` rescales the plan's forecasts, which takes
+    milliseconds and gives what planning from scratch with the scenario would."""
+    return _with_scenario(capacity_snapshot(), scenario)
+
+
+def capacity_view(scenario: Any, draw: Callable[[CapacitySnapshot], Any], key: Hashable = ()) -> Any:
+    """``draw(capacity_plan(scenario))``, drawn once per planner run, ``scenario`` and ``key`` (what else
+    ``draw`` depends on): the page of a plan does not change until the next run, and its figures take a while
+    to build (plotly validates every property: about 25 ms a chart on an idle core)."""
+    planner = _planner()
+    snapshot = planner.snapshot
+    if snapshot.state == "computing":  # says since when: cheap, and nothing to keep
+        return draw(snapshot)
+    return planner.view(snapshot, (repr(scenario), key), lambda: draw(_with_scenario(snapshot, scenario)))
 
 
 def scenario_values() -> dict[str, list[str]]:

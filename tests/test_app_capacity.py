@@ -2,7 +2,7 @@
 
 The store holds four weeks of growing vLLM demand (the growth fixture of ``test_capacity.py``: two replicas,
 KV cache filling with throughput, two tenants sharing the usage) plus two days of golden signals for
-``rag-api`` in two regions. Skipped only when /usr/bin/chromium is absent and CI is unset.
+``rag-api`` in two regions. Browser tests are skipped only when /usr/bin/chromium is absent and CI is unset.
 """
 
 from __future__ import annotations
@@ -11,12 +11,15 @@ import json
 import os
 import re
 import signal
+import time
+import urllib.request
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from app import data
 from app.dashboard import mount_dashboard
 from app.server import create_server_app
 from ingest.batch import MetricBuilder
@@ -125,6 +128,64 @@ def _no_dash_errors(page) -> None:
     assert page.dialogs == [], page.dialogs  # an injected alert() would have opened one
 
 
+def _status(url: str) -> dict:
+    with urllib.request.urlopen(url + "/capacity/status", timeout=10) as resp:
+        return json.load(resp)
+
+
+def _body_calls(page) -> list[str]:
+    """The request bodies of the page body's callback (its output names ``cap-body``), as they are sent."""
+    calls: list[str] = []
+
+    def on_request(request) -> None:
+        if "_dash-update-component" in request.url and "cap-body.children" in (request.post_data or ""):
+            calls.append(request.post_data)
+
+    page.on("request", on_request)
+    return calls
+
+
+@browser_only
+def test_capacity_page_waits_for_the_background_plan_then_plans_once_per_load(server, browser_page):
+    page = browser_page
+    calls = _body_calls(page)
+    # the server plans at start: the page may find the plan being computed, then shows it by itself
+    page.goto(server + "/capacity")
+    page.locator("#cap-computing, #cap-table").first.wait_for(timeout=30_000)
+    if page.locator("#cap-computing").count():
+        assert page.is_disabled("#cap-report")  # no report before there is a plan
+        assert "being computed" in page.inner_text("#cap-body")
+    page.locator("#cap-table").wait_for(timeout=60_000)  # no reload: the page polls until the plan is there
+    page.wait_for_timeout(2500)  # a poll (every 2 s) would have come: the body is drawn for good
+    assert page.is_enabled("#cap-report")
+    assert re.search(r"planned \d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC", page.inner_text("#cap-meta"))
+    assert _status(server)["state"] == "planned"
+
+    # with the plan there, the layout brings the body: a load runs its callback not at all (it ran twice: once
+    # on load and once more when the date picker, which reports its date when it mounts, appeared)
+    for url in ("/capacity", "/capacity?label=tenant&value=t-big&factor=2&start=2026-03-20"):
+        calls.clear()
+        page.goto(server + url)
+        page.locator("#cap-table").wait_for(timeout=30_000)
+        page.locator(".cap-chart .main-svg").first.wait_for(timeout=20_000)
+        page.wait_for_timeout(1500)  # what would run late (the picker loads asynchronously) has run
+        assert calls == []
+    assert "from 2026-03-20" in page.inner_text("#cap-scenario-note")
+    # a changed control draws it once
+    page.fill("#cap-factor", "3")
+    page.press("#cap-factor", "Enter")
+    page.wait_for_selector("#cap-scenario-note:has-text('x3')", timeout=30_000)
+    page.wait_for_timeout(1000)
+    assert len(calls) == 1, calls
+    calls.clear()  # so does clearing the date
+    page.click("#cap-start-wrapper .dash-datepicker-clear")
+    page.wait_for_function("!document.querySelector('#cap-scenario-note').innerText.includes('from 2026')")
+    page.wait_for_timeout(1000)
+    assert len(calls) == 1, calls
+    assert "start=" not in page.url
+    _no_dash_errors(page)
+
+
 @browser_only
 def test_capacity_page_what_if_moves_the_date_and_downloads_the_report(
     server, browser_page, tmp_path, screenshot
@@ -132,7 +193,7 @@ def test_capacity_page_what_if_moves_the_date_and_downloads_the_report(
     page = browser_page
     page.goto(server + "/capacity?label=tenant&value=t-big")
     p90 = page.locator("#cap-table td[data-dash-column='p90']").first
-    p90.wait_for(timeout=30_000)
+    p90.wait_for(timeout=60_000)
     baseline = _date(p90.inner_text())
     body = page.inner_text("main")
     assert "UTC" in body and "GPU throughput m-big " + REGION in body  # the label value shown as text
@@ -196,7 +257,9 @@ def _callback(client, output: str, outputs: list[dict], inputs: list[dict]) -> d
     return resp.json["response"]
 
 
-def _capacity_body(client, value: str | None, factor: float | None) -> tuple[str, str]:
+def _capacity_body(
+    client, value: str | None, factor: float | None, start: str | None = None
+) -> tuple[str, str]:
     out = _callback(
         client,
         "..cap-body.children...cap-url.search..",
@@ -205,25 +268,83 @@ def _capacity_body(client, value: str | None, factor: float | None) -> tuple[str
             {"id": "cap-label", "property": "value", "value": "tenant"},
             {"id": "cap-value", "property": "value", "value": value},
             {"id": "cap-factor", "property": "value", "value": factor},
-            {"id": "cap-start", "property": "date", "value": None},
+            {"id": "cap-start-chosen", "property": "data", "value": start},
+            {"id": "cap-runs", "property": "data", "value": 0},
         ],
     )
     return json.dumps(out["cap-body"]["children"]), out["cap-url"]["search"]
 
 
+def _page_layout(client) -> str:
+    out = _callback(
+        client,
+        ".._pages_content.children..._pages_store.data..",
+        [{"id": "_pages_content", "property": "children"}, {"id": "_pages_store", "property": "data"}],
+        [
+            {"id": "_pages_location", "property": "pathname", "value": "/capacity"},
+            {"id": "_pages_location", "property": "search", "value": ""},
+        ],
+    )
+    return json.dumps(out)
+
+
+def _component(tree: str, component_id: str) -> dict:
+    """The props of the component with ``component_id`` in a serialised layout."""
+
+    def walk(node):
+        if isinstance(node, dict):
+            if node.get("props", {}).get("id") == component_id:
+                return node["props"]
+            node = list(node.values())
+        if isinstance(node, list):
+            for child in node:
+                if (found := walk(child)) is not None:
+                    return found
+        return None
+
+    found = walk(json.loads(tree))
+    assert found is not None, f"no {component_id} in the layout"
+    return found
+
+
+def _tick(client, shown: int):
+    """The page's poll (``cap-wait``) with ``shown`` planner runs in the body; the raw response."""
+    outputs = [
+        {"id": "cap-runs", "property": "data"},
+        {"id": "cap-wait", "property": "disabled"},
+        {"id": "cap-report", "property": "disabled"},
+    ]
+    body = {
+        "output": "..cap-runs.data...cap-wait.disabled...cap-report.disabled..",
+        "outputs": outputs,
+        "inputs": [{"id": "cap-wait", "property": "n_intervals", "value": 1}],
+        "state": [{"id": "cap-runs", "property": "data", "value": shown}],
+        "changedPropIds": ["cap-wait.n_intervals"],
+    }
+    return client.post("/_dash-update-component", data=json.dumps(body), content_type="application/json")
+
+
 @pytest.fixture
 def client_for():
-    """``client_for(db)``: a Flask test client of the app over the store at ``db``."""
+    """``client_for(db, planned=True)``: a Flask test client of the app over the store at ``db``; with
+    ``planned``, once the background planner has finished its first run (without, no planner is started)."""
     opened = []
 
-    def make(db: Path):
+    def make(db: Path, *, planned: bool = True):
         store = Store(db)
         app, writer = create_server_app(store, mount=mount_dashboard)
-        opened.append((store, writer))
+        opened.append((app, store, writer))
+        if planned:
+            planner = data.start_capacity_planner(app)
+            deadline = time.monotonic() + 120
+            while planner.snapshot.state == "computing" and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert planner.snapshot.state != "computing"
         return app.test_client()
 
     yield make
-    for store, writer in opened:
+    for app, store, writer in opened:
+        data.stop_capacity_planner(app)  # before closing the store: a running query holds it
         writer.close(timeout=10)
         store.close()
 
@@ -238,6 +359,54 @@ def test_what_if_rows_carry_the_scenario_dates(app_db, client_for):
     (row,) = table["props"]["data"]
     assert row["resource"] == "GPU throughput m-big " + REGION  # the raw text: DataTable shows it as text
     assert _date(row["s_p90"]) < _date(row["p90"]) and _date(row["s_p50"]) < _date(row["p50"])
+    later, search = _capacity_body(client, "t-big", 2, "2026-05-01")
+    assert search == "?label=tenant&value=t-big&factor=2&start=2026-05-01"
+    (table,) = [c for c in json.loads(later) if c["props"].get("id") == "cap-table"]
+    assert _date(table["props"]["data"][0]["s_p90"]) >= _date(row["s_p90"])  # a later start: no earlier
+
+
+def test_page_says_the_plan_is_computed_then_shows_it_with_its_time(app_db, client_for, monkeypatch):
+    client = client_for(app_db, planned=False)
+    app = client.application
+    # a planner that has not run yet (started, it would plan at once)
+    planner = data.CapacityPlanner(app)
+    app.extensions[data.CAPACITY_PLANNER_KEY] = planner
+    layout = _page_layout(client)
+    assert _component(layout, "cap-wait")["disabled"] is False  # the page polls...
+    assert _component(layout, "cap-report")["disabled"] is True  # ...and offers no report yet
+    body, _ = _capacity_body(client, None, 1)
+    assert "being computed" in body and "cap-table" not in body
+    resp = _tick(client, shown=0)
+    assert resp.status_code == 204  # nothing new: the body stays as it is
+    assert client.get("/capacity/status").json["state"] == "computing"
+
+    snapshot = planner.run_once()
+    assert snapshot.state == "planned" and snapshot.runs == 1
+    resp = _tick(client, shown=0)  # the next poll re-renders the body and stops polling
+    assert resp.status_code == 200
+    runs, polling_off, report_off = (
+        resp.json["response"][k][p]
+        for k, p in (("cap-runs", "data"), ("cap-wait", "disabled"), ("cap-report", "disabled"))
+    )
+    assert (runs, polling_off, report_off) == (1, True, False)
+    body, _ = _capacity_body(client, None, 1)
+    assert "cap-table" in body and f"planned {snapshot.planned:%Y-%m-%d %H:%M} UTC" in body
+    assert "every 15 min" in body
+    status = client.get("/capacity/status").json
+    assert status["state"] == "planned" and status["planned"].startswith(f"{snapshot.planned:%Y-%m-%dT%H:%M}")
+    layout = _page_layout(client)
+    assert _component(layout, "cap-wait")["disabled"] is True
+
+    # a failed run keeps the last plan on the page and says what failed
+    def broken(store, settings, **kw):
+        raise RuntimeError("the store went away")
+
+    monkeypatch.setattr("app.capacity.plan_capacity", broken)
+    failed = planner.run_once()
+    assert failed.state == "failed" and failed.plan is snapshot.plan and failed.runs == 2
+    body, _ = _capacity_body(client, None, 1)
+    assert "cap-table" in body and "RuntimeError: the store went away" in body
+    assert client.get("/capacity/status").json["error"] == "RuntimeError: the store went away"
 
 
 def test_capacity_without_vllm_metrics_or_points_is_a_message(tmp_path, client_for):
@@ -253,3 +422,4 @@ def test_capacity_without_vllm_metrics_or_points_is_a_message(tmp_path, client_f
         pass
     body, _ = _capacity_body(client_for(tmp_path / "empty.duckdb"), None, 1)
     assert "Capacity cannot be planned from this store" in body and "no points" in body
+    assert "Planned again at" in body  # a failure is retried

@@ -1,27 +1,32 @@
 """Capacity: when each constrained resource runs out (P50/P90), what-if scenarios, the leadership report.
 
 The plan is :func:`app.capacity.plan_capacity` over the store with the server's ``[capacity]`` settings (or
-the defaults, which the page says). A what-if (a tenant, model or region's demand times a factor, from a
-date) is planned as one more scenario; the scenario lives in the URL (``?label=tenant&value=t-7&factor=2``).
+the defaults, which the page says), made in the background (:class:`app.data.CapacityPlanner`): the page shows
+the latest plan and when it was made; before the first one it says so and polls until it is there. A what-if (a
+tenant, model or region's demand times a factor, from a date) is added to that plan as one more scenario
+(:func:`app.capacity.with_scenario`); it lives in the URL (``?label=tenant&value=t-7&factor=2``).
 """
 
 from __future__ import annotations
 
 import html as html_text
 import math
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
 import dash
-from dash import Input, Output, State, callback, dash_table, dcc, html
+from dash import Input, Output, State, callback, clientside_callback, dash_table, dcc, html
 from dash.development.base_component import Component
+from dash.exceptions import PreventUpdate
 
 from app import data
 from app.capacity import CapacityPlan, Resource, Scenario
 from app.report import band_figure, bottom_line, render_html
 
 dash.register_page(__name__, path="/capacity", name="Capacity", order=30, title="Capacity")
+#: how often the page asks whether the first plan is ready
+WAIT_MS = 2000
 
 
 def _day(text: str | None) -> datetime | None:
@@ -134,16 +139,42 @@ def _chart(r: Resource, scenario: Resource | None) -> dcc.Graph:
     return dcc.Graph(figure=fig, config={"displaylogo": False}, className="cap-chart")
 
 
-def plan_view(plan: CapacityPlan | str, scenario: Scenario | None, configured: bool) -> list[Any]:
-    """The page body for a plan (or the message why there is none)."""
+def _every(d: timedelta) -> str:
+    minutes = round(d.total_seconds() / 60)
+    return f"{minutes // 60} h" if minutes % 60 == 0 else f"{minutes} min"
+
+
+def plan_view(snapshot: data.CapacitySnapshot, scenario: Scenario | None, configured: bool) -> list[Any]:
+    """The page body for the planner's snapshot: its plan, or what is happening instead (being computed, failed)."""
     source = (
         "Settings: [capacity] from the server's rootwise.toml."
         if configured
         else "Settings: defaults (no [capacity] settings reached the app: limits come from telemetry only, "
         "no GPU quota and no budgets)."
     )
-    if isinstance(plan, str):
-        out = [html.P(f"Capacity cannot be planned from this store: {plan}", className="notice")]
+    plan = snapshot.plan
+    if snapshot.state == "computing":
+        since = f" (started {snapshot.running_since:%H:%M:%S} UTC)" if snapshot.running_since else ""
+        return [
+            html.P(
+                f"The capacity plan is being computed in the background{since}: every demand series is "
+                "forecast and simulated, which takes a while on a big store. This page shows the plan as soon "
+                "as it is ready.",
+                className="notice",
+                id="cap-computing",
+            ),
+            html.P(source, className="note"),
+        ]
+    retry = f"Planned again at {snapshot.next_run:%Y-%m-%d %H:%M} UTC." if snapshot.next_run else ""
+    if plan is None:
+        out = [
+            html.P(
+                f"Capacity cannot be planned from this store: {snapshot.error}",
+                className="notice",
+                id="cap-error",
+            ),
+            html.P(f"Tried {snapshot.failed:%Y-%m-%d %H:%M} UTC. {retry}", className="note"),
+        ]
         if "vllm:generation_tokens_total" not in data.metric_names():
             out.append(
                 html.P(
@@ -157,12 +188,23 @@ def plan_view(plan: CapacityPlan | str, scenario: Scenario | None, configured: b
     body: list[Any] = [
         html.P(bottom_line(plan), className="bottom-line", id="cap-bottom-line"),
         html.P(
-            f"Times in UTC · plan of {plan.created:%Y-%m-%d %H:%M} UTC · history {plan.history_start:%Y-%m-%d} – "
+            f"Times in UTC · planned {snapshot.planned:%Y-%m-%d %H:%M} UTC (every {_every(s.refresh)}) from data "
+            f"up to {plan.created:%Y-%m-%d %H:%M} · history {plan.history_start:%Y-%m-%d} – "
             f"{plan.history_end:%Y-%m-%d} · horizon {s.horizon_days} days · P50 date: half of the simulated "
             f"futures have run out by then; P90 date: one in ten has · {source}",
             className="meta",
+            id="cap-meta",
         ),
     ]
+    if snapshot.error:
+        body.append(
+            html.P(
+                f"The latest planning run ({snapshot.failed:%Y-%m-%d %H:%M} UTC) failed: {snapshot.error}. "
+                f"Shown: the plan of {snapshot.planned:%Y-%m-%d %H:%M} UTC. {retry}",
+                className="notice",
+                id="cap-error",
+            )
+        )
     body += [html.P(f"Note: {n}", className="note") for n in plan.notes]
     if scenario:
         body.append(
@@ -213,6 +255,13 @@ def plan_view(plan: CapacityPlan | str, scenario: Scenario | None, configured: b
     return body
 
 
+def _body(scenario: Scenario | None) -> list[Any]:
+    _, configured = data.capacity_settings()
+    return data.capacity_view(
+        scenario, lambda snapshot: plan_view(snapshot, scenario, configured), configured
+    )
+
+
 def layout(
     label: str = "tenant",
     value: str | None = None,
@@ -220,11 +269,17 @@ def layout(
     start: str | None = None,
     **_query: str,
 ) -> html.Div:
-    """The capacity page; the what-if controls start from the URL."""
+    """The capacity page, drawn from the URL's what-if (the body too: the charts start loading one round trip
+    sooner than if a callback drew it; :func:`_plan` redraws it when a control or the plan changes)."""
     values = data.scenario_values()
     labels = [k for k in data.SCENARIO_LABELS if values.get(k)]
     chosen = label if label in labels else (labels[0] if labels else None)
     options = values.get(chosen, []) if chosen else []
+    picked = value if value in options else None
+    day = f"{when:%Y-%m-%d}" if (when := _day(start)) else None
+    scenario = scenario_from_inputs(chosen, picked, factor, day)
+    snapshot = data.capacity_snapshot()
+    waiting = snapshot.state == "computing"
     return html.Div(
         [
             html.H2("Capacity"),
@@ -232,14 +287,12 @@ def layout(
                 [
                     html.Span("What-if:", className="control-label"),
                     dcc.Dropdown(labels, chosen, id="cap-label", clearable=False, placeholder="label"),
-                    dcc.Dropdown(
-                        options, value if value in options else None, id="cap-value", placeholder="value"
-                    ),
+                    dcc.Dropdown(options, picked, id="cap-value", placeholder="value"),
                     html.Span("demand x", className="control-label"),
                     dcc.Input(id="cap-factor", type="number", value=factor, min=0, step=0.1, debounce=True),
                     dcc.DatePickerSingle(
                         id="cap-start",
-                        date=f"{when:%Y-%m-%d}" if (when := _day(start)) else None,
+                        date=day,
                         placeholder="from now",
                         clearable=True,
                         display_format="YYYY-MM-DD",
@@ -248,6 +301,7 @@ def layout(
                         "Download leadership report (HTML)",
                         id="cap-report",
                         n_clicks=0,
+                        disabled=waiting,
                         className="btn primary",
                     ),
                 ],
@@ -255,9 +309,45 @@ def layout(
             ),
             dcc.Download(id="cap-download"),
             dcc.Location(id="cap-url", refresh=False),
-            dcc.Loading(html.Div(id="cap-body"), type="dot"),
+            # the picker's date as the body uses it ("": none). An empty picker reports a date when it mounts,
+            # which must not draw the body again (the clientside callback below); so must a Store holding None
+            dcc.Store(id="cap-start-chosen", data=day or ""),
+            # the planner runs the body has seen; polled until the first plan (or failure) is there
+            dcc.Store(id="cap-runs", data=snapshot.runs),
+            dcc.Interval(id="cap-wait", interval=WAIT_MS, disabled=not waiting),
+            dcc.Loading(html.Div(_body(scenario), id="cap-body"), type="dot"),
         ]
     )
+
+
+# Dash 4's DatePickerSingle sets its ``date`` when it mounts if it has none (null -> undefined), which fires
+# every callback on it: only a date that differs from the one the body used goes on. (And a dcc.Store whose
+# data is None sets it to undefined when it mounts: cap-start-chosen holds "" for no date.)
+clientside_callback(
+    """function (date, chosen) {
+        date = date || "";
+        return date === chosen ? window.dash_clientside.no_update : date;
+    }""",
+    Output("cap-start-chosen", "data"),
+    Input("cap-start", "date"),
+    State("cap-start-chosen", "data"),
+    prevent_initial_call=True,
+)
+
+
+@callback(
+    Output("cap-runs", "data"),
+    Output("cap-wait", "disabled"),
+    Output("cap-report", "disabled"),
+    Input("cap-wait", "n_intervals"),
+    State("cap-runs", "data"),
+    prevent_initial_call=True,
+)
+def _wait(_ticks, shown):
+    runs = data.capacity_snapshot().runs
+    if runs == shown:
+        raise PreventUpdate
+    return runs, True, False
 
 
 @callback(
@@ -278,14 +368,15 @@ def _value_options(label, value):
     Input("cap-label", "value"),
     Input("cap-value", "value"),
     Input("cap-factor", "value"),
-    Input("cap-start", "date"),
+    Input("cap-start-chosen", "data"),
+    Input("cap-runs", "data"),
+    prevent_initial_call=True,  # the layout drew the body
 )
-def _plan(label, value, factor, start):
+def _plan(label, value, factor, start, _runs):
     scenario = scenario_from_inputs(label, value, factor, start)
-    _, configured = data.capacity_settings()
     query = {"label": label, "value": value, "factor": factor, "start": start} if scenario else {}
     search = "?" + urlencode({k: v for k, v in query.items() if v not in (None, "")}) if query else ""
-    return plan_view(data.capacity_plan(scenario), scenario, configured), search
+    return _body(scenario), search
 
 
 @callback(
@@ -294,16 +385,19 @@ def _plan(label, value, factor, start):
     State("cap-label", "value"),
     State("cap-value", "value"),
     State("cap-factor", "value"),
-    State("cap-start", "date"),
+    State("cap-start-chosen", "data"),
     prevent_initial_call=True,
 )
 def _report(_clicks, label, value, factor, start):
-    plan = data.capacity_plan(scenario_from_inputs(label, value, factor, start))
-    if isinstance(plan, str):
-        return dcc.send_string(
-            f"<!DOCTYPE html><p>Capacity cannot be planned from this store: {html_text.escape(plan)}</p>",
-            "rootwise-capacity-error.html",
+    snapshot = data.capacity_plan(scenario_from_inputs(label, value, factor, start))
+    if snapshot.plan is None:
+        why = (
+            f"Capacity cannot be planned from this store: {html_text.escape(snapshot.error)}"
+            if snapshot.error
+            else "The capacity plan is still being computed; download the report once the page shows it."
         )
+        return dcc.send_string(f"<!DOCTYPE html><p>{why}</p>", "rootwise-capacity-error.html")
+    plan = snapshot.plan
     return dcc.send_string(
         render_html(plan), f"rootwise-capacity-{plan.created:%Y-%m-%d}.html", type="text/html"
     )
