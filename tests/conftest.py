@@ -87,6 +87,12 @@ def serve_process():
             )
         # both pipes are drained from now on (see Drained); ``proc.stderr.read()`` still gives what was logged
         proc.stdout, proc.stderr = Drained(proc.stdout), Drained(proc.stderr)  # type: ignore[assignment]
+
+        def communicate(input: Any = None, timeout: float | None = None) -> tuple[str, str]:  # noqa: A002
+            proc.wait(timeout)
+            return proc.stdout.read(), proc.stderr.read()
+
+        proc.communicate = communicate  # type: ignore[method-assign]
         return line.split(" on ", 1)[1].strip(), proc
 
     yield start

@@ -50,7 +50,9 @@ def test_bench_app_measures_every_page(tmp_path):
     saved = json.loads(out.read_text())
     assert saved["summary"] == result["summary"]
     store = saved["store"]
-    assert store["series"] > 100 and store["days"] == pytest.approx(1.0, abs=0.01)
+    assert store["series"] > 100 and store["days"] == pytest.approx(
+        1.0, abs=0.05
+    )  # rollup hours start up to 1 h early
     assert store["incidents_with_causes"] >= 1
     assert set(saved["measured"]) == {"uncached"} and set(saved["met"]) == {"uncached"}
     for mode, measured in saved["measured"].items():
