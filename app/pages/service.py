@@ -138,6 +138,7 @@ def layout(
     panels = [(p, m) for p in PANELS if (m := panel_metric(p, kinds))]
     labels = {p.key: data.service_metric_labels(m, name) for p, m in panels} if name else {}
     every = sorted({label for values in labels.values() for label in values})
+    window = _window(rng) if name and known else None
     header = [
         html.H2(["Service ", html.Span(name or "", className="svc-name")]),
         html.Div(
@@ -153,6 +154,10 @@ def layout(
         dcc.Location(id="svc-nav", refresh="callback-nav"),
         dcc.Store(id="svc-name", data=name),
         dcc.Store(id="svc-range", data=rng),
+        # the window and each panel's metric, resolved once here: the panels' callbacks (up to 13 at once) do
+        # not each ask the store for its time range and catalog again
+        dcc.Store(id="svc-window", data=[t.isoformat() for t in window] if window else None),
+        dcc.Store(id="svc-metrics", data={p.key: m for p, m in panels}),
     ]
     if not name:
         links = [
@@ -169,7 +174,6 @@ def layout(
         return html.Div([*header, html.P(f"No service named {name!r} in the store.", className="notice")])
     if not panels:
         return html.Div([*header, html.P("This service has no metrics in the store.", className="notice")])
-    window = _window(rng)
     span = (
         f"{window[0]:%Y-%m-%d %H:%M} – {window[1]:%Y-%m-%d %H:%M} UTC, step {data.nice_step(*window)}"
         if window
@@ -249,9 +253,10 @@ def _name(by: str, value: str | None) -> str:
     return html_text.escape(f"{by}={value}" if value is not None else f"no {by} label")
 
 
-def panel_figure(panel: Panel, metric: str, service: str, by: str | None, rng: str | None) -> dict[str, Any]:
+def panel_figure(
+    panel: Panel, metric: str, service: str, by: str | None, window: tuple[datetime, datetime] | None
+) -> dict[str, Any]:
     """The figure of one panel (a message in an empty chart when there is nothing to plot)."""
-    window = _window(rng)
     if window is None:
         return _empty("no data in the store")
     start, end = window
@@ -346,16 +351,18 @@ def panel_figure(panel: Panel, metric: str, service: str, by: str | None, rng: s
 @callback(
     Output({"type": "svc-graph", "panel": MATCH}, "figure"),
     Input({"type": "svc-panel-by", "panel": MATCH}, "value"),
-    Input("svc-range", "data"),
+    Input("svc-window", "data"),
     State({"type": "svc-panel-by", "panel": MATCH}, "id"),
     State("svc-name", "data"),
+    State("svc-metrics", "data"),
 )
-def _plot(by, rng, panel_id, service):
+def _plot(by, window, panel_id, service, metrics):
     panel = _BY_KEY[panel_id["panel"]]
-    metric = panel_metric(panel, _kinds(service))
-    if metric is None:  # the service lost the metric since the page loaded (retention)
-        return _empty("no such metric for this service any more")
-    return panel_figure(panel, metric, service, by, rng)
+    metric = (metrics or {}).get(panel.key)
+    if metric is None:
+        return _empty("no such metric for this service")
+    span = (datetime.fromisoformat(window[0]), datetime.fromisoformat(window[1])) if window else None
+    return panel_figure(panel, metric, service, by, span)
 
 
 @callback(
