@@ -534,6 +534,8 @@ def start_capacity_planner(server: flask.Flask) -> CapacityPlanner:
         planner = server.extensions.get(CAPACITY_PLANNER_KEY)
         if planner is None:
             planner = server.extensions[CAPACITY_PLANNER_KEY] = CapacityPlanner(server).start()
+            # ``rootwise serve`` stops it before closing the store (app.server.ON_STOP_KEY)
+            server.extensions.setdefault("rootwise_on_stop", []).append(lambda: stop_capacity_planner(server))
             # a daemon thread still inside DuckDB when the interpreter exits aborts the process (SIGABRT):
             # ``rootwise serve`` returns without knowing of the thread, so the thread is stopped at exit
             atexit.register(planner.stop, 30.0)

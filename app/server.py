@@ -131,6 +131,10 @@ def create_server_app(
     return app, writer
 
 
+#: ``app.extensions[ON_STOP_KEY]``: callables run at shutdown after the scheduler and before the store closes
+ON_STOP_KEY = "rootwise_on_stop"
+
+
 def serve(
     db: str,
     *,
@@ -249,6 +253,10 @@ def serve(
         writer.close(timeout=60)
         if sched is not None:
             sched.stop(flush=True)  # the current pass ends, then one last delivery pass
+        # what the mounted app runs in the background (the capacity planner) stops before the store closes:
+        # closing the database under a running query aborts the process
+        for stop_background in app.extensions.get(ON_STOP_KEY, []):
+            stop_background()
         store.close()
         if pool is not None:
             pool.shutdown(cancel_futures=True)
