@@ -235,7 +235,7 @@ def test_demo_pipeline_runs_detection(tmp_path: Path) -> None:
             "--db",
             str(db),
             "--days",
-            "1.5",
+            "1",
             "--scale",
             "0.05",
             "--no-serve",
