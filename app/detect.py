@@ -495,14 +495,12 @@ def _score_batch(
     refitted: set[int] = set()
     if fresh:
         f = frame.filter(pl.col("series_id").is_in(fresh))
-        scored.append(det.score_online(f))
-        det.fit(f)
+        scored.append(det.fit_score_online(f))  # causal scores of the whole history, then the fitted state
         fitted.update(det.states_)
     if known:
         f = frame.filter(pl.col("series_id").is_in(known))
         det.states_ = {s: states[s].state for s in known}
-        scored.append(det.score(f))
-        det.update(f)
+        scored.append(det.score_update(f))  # score, then advance the states past the scored points
         fitted.update(det.states_)
         # batch members (the seasonal baseline) due for a refit (decided by _prepare) are refitted on the
         # recent history it read for them

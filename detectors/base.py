@@ -7,7 +7,9 @@ per-series numpy core:
 * ``_fit_series(t, y) -> state`` — learn from one series' history (``t`` int64 microseconds, ``y`` float64);
 * ``_score_series(t, y, state) -> SeriesScores`` — calibrated scores (z, higher = worse) for new points;
 * ``_update_series(t, y, state) -> state`` — advance the state past scored points (streaming families; the
-  default keeps the fitted state, batch families are refitted on a schedule instead).
+  default keeps the fitted state, batch families are refitted on a schedule instead);
+* optionally ``_score_update_series(t, y, state) -> (SeriesScores, state)`` — both at once, for families whose
+  scoring computes the advanced state anyway (they route :meth:`Detector.score_update` through it).
 
 Constructors only store keyword parameters; learned state ends in ``_``; scoring never mutates the detector;
 randomness only from ``seed``. Thresholds are separate objects (:class:`Threshold`) applied to calibrated
@@ -128,6 +130,9 @@ class Detector:
     def _update_series(self, t: np.ndarray, y: np.ndarray, state: Any) -> Any:
         return state
 
+    def _score_update_series(self, t: np.ndarray, y: np.ndarray, state: Any) -> tuple[SeriesScores, Any]:
+        return self._score_series(t, y, copy.deepcopy(state)), self._update_series(t, y, state)
+
     # -- the contract ------------------------------------------------------------------------------------
     def fit(self, frame: pl.DataFrame) -> Self:
         """Learn each series' state from ``frame`` (its history); returns ``self``."""
@@ -159,8 +164,34 @@ class Detector:
             if state is None:
                 state = self._fit_series(t[:0], y[:0]) if self.causal else self._fit_series(t, y)
             # the core gets a copy: scoring never mutates the detector, even if a family is careless
-            parts.append(self._frame(sid, t, self._score_series(t, y, copy.deepcopy(state))))
-        return _concat(parts)
+            parts.append(self._columns(sid, t, self._score_series(t, y, copy.deepcopy(state))))
+        return scores_frame(parts)
+
+    def score_update(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """:meth:`score` then :meth:`update` on the same points (``rootwise detect`` scores each run's new points
+        and advances the states past them); streaming families do both in one pass."""
+        scores = self.score(frame)
+        self.update(frame)
+        return scores
+
+    def _score_update_each(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """:meth:`score_update` through the family's one-pass core ``_score_update_series`` (for families whose
+        scoring computes the advanced state anyway)."""
+        pts = check_points(frame)
+        states = dict(getattr(self, "states_", {}))
+        parts = []
+        for sid, t, y in iter_series(pts):
+            state = states.get(sid)
+            if state is None:  # what score then update do with a series never fitted
+                fitted = self._fit_series(t, y)
+                empty = self._fit_series(t[:0], y[:0]) if self.causal else copy.deepcopy(fitted)
+                scores = self._score_series(t, y, empty)
+            else:
+                scores, fitted = self._score_update_series(t, y, state)
+            states[sid] = fitted
+            parts.append(self._columns(sid, t, scores))
+        self.states_ = states
+        return scores_frame(parts)
 
     def score_online(self, frame: pl.DataFrame, *, warmup: int = 200, refit_every: int = 500) -> pl.DataFrame:
         """Score causally: each point's score uses only earlier points of its series.
@@ -174,7 +205,7 @@ class Detector:
         for sid, t, y in iter_series(pts):
             if self.causal:
                 scores = self._score_series(t, y, self._fit_series(t[:0], y[:0]))
-                parts.append(self._frame(sid, t, scores))
+                parts.append(self._columns(sid, t, scores))
                 continue
             n = t.size
             out = {k: np.full(n, np.nan) for k in ("score", "expected", "lower", "upper")}
@@ -187,10 +218,20 @@ class Detector:
                     v = getattr(block, k)
                     if v is not None:
                         out[k][a:b] = v
-            parts.append(self._frame(sid, t, SeriesScores(**out)))
-        return _concat(parts)
+            parts.append(self._columns(sid, t, SeriesScores(**out)))
+        return scores_frame(parts)
+
+    def fit_score_online(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """:meth:`score_online` then :meth:`fit` on the same points (``rootwise detect`` on series seen for the
+        first time); streaming families override it to do both in one pass."""
+        scores = self.score_online(frame)
+        self.fit(frame)
+        return scores
 
     def _frame(self, sid: int, t: np.ndarray, s: SeriesScores) -> pl.DataFrame:
+        return scores_frame([self._columns(sid, t, s)])
+
+    def _columns(self, sid: int, t: np.ndarray, s: SeriesScores) -> dict[str, np.ndarray]:
         n = t.size
         score = np.asarray(s.score, dtype=np.float64)
         if score.shape != (n,):
@@ -199,20 +240,28 @@ class Detector:
         def col(v: np.ndarray | None) -> np.ndarray:
             return np.full(n, np.nan) if v is None else np.asarray(v, dtype=np.float64)
 
-        return pl.DataFrame(
-            {
-                "series_id": np.full(n, sid, dtype=np.int64),
-                "ts": t.astype("datetime64[us]"),
-                "score": score,
-                "is_anomaly": self.threshold(score),
-                "expected": col(s.expected),
-                "lower": col(s.lower),
-                "upper": col(s.upper),
-            },
-            schema=SCORES,
-            nan_to_null=False,
-        )
+        return {
+            "series_id": np.full(n, sid, dtype=np.int64),
+            "ts": t.astype("datetime64[us]"),
+            "score": score,
+            "is_anomaly": self.threshold(score),
+            "expected": col(s.expected),
+            "lower": col(s.lower),
+            "upper": col(s.upper),
+        }
 
 
-def _concat(parts: list[pl.DataFrame]) -> pl.DataFrame:
-    return pl.concat(parts) if parts else pl.DataFrame(schema=SCORES)
+#: from this many rows per series on, :func:`scores_frame` builds a frame per series and chains them
+_ROWS_PER_FRAME = 1000
+
+
+def scores_frame(parts: list[dict[str, np.ndarray]]) -> pl.DataFrame:
+    """One SCORES frame from per-series columns (:meth:`Detector._columns`): built once when the series are
+    short, because a frame per series costs more than scoring a few new points; a frame per series, chained
+    without a copy, when they are long (copying every column into one costs more than the frames)."""
+    if not parts:
+        return pl.DataFrame(schema=SCORES)
+    if sum(p["score"].size for p in parts) >= _ROWS_PER_FRAME * len(parts):
+        return pl.concat([pl.DataFrame(p, schema=SCORES, nan_to_null=False) for p in parts], rechunk=False)
+    cols = {k: np.concatenate([p[k] for p in parts]) for k in SCORES}
+    return pl.DataFrame(cols, schema=SCORES, nan_to_null=False)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from detectors.base import Detector, SeriesScores, Threshold, check_points, iter_series
+from detectors.base import Detector, SeriesScores, Threshold, check_points, iter_series, scores_frame
 from detectors.calibration import tail_of_z, z_of_tail
 from detectors.seasonal import DAY_US, StlResidualDetector, seasonal_strength
 from detectors.streaming import StreamingDetector, ffill
@@ -162,6 +162,22 @@ class EnsembleDetector(Detector):
             state.last_fit_us,
         )
 
+    def _score_update_series(
+        self, t: np.ndarray, y: np.ndarray, state: EnsembleState
+    ) -> tuple[SeriesScores, EnsembleState]:
+        # the streaming member scores and advances in one pass; the seasonal member's state does not move
+        stream, stl = self._members()
+        v = self._values(y, state, state.profile)
+        s, streaming = stream._score_update_series(t, v, state.streaming)
+        if state.seasonal is not None:
+            s = self._combine(s, stl._score_series(t, v, state.seasonal))
+        last = float(y[-1]) if y.size else state.last
+        return s, EnsembleState(state.profile, streaming, state.seasonal, last, state.last_fit_us)
+
+    def score_update(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """:meth:`score` then :meth:`update`, in one pass per series."""
+        return self._score_update_each(frame)
+
     def needs_refit(self, state: EnsembleState, now_us: int) -> bool:
         """True when the batch member is older than ``refit_every_days`` (``rootwise detect`` refits it)."""
         return now_us - state.last_fit_us >= self.refit_every_days * DAY_US
@@ -169,8 +185,17 @@ class EnsembleDetector(Detector):
     def score_online(self, frame: pl.DataFrame, *, warmup: int = 200, refit_every: int = 0) -> pl.DataFrame:
         """Causal scores: the streaming member runs once; the seasonal member is refitted on the prefix every
         ``refit_every_days`` and scores the next block (``refit_every`` points overrides the day count)."""
+        return self._online(frame, refit_every, fit=False)
+
+    def fit_score_online(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """:meth:`score_online` then :meth:`fit`; the streaming member's causal pass also gives its fitted state
+        (unless the whole history and the first ``probe`` points disagree on counter-ness)."""
+        return self._online(frame, 0, fit=True)
+
+    def _online(self, frame: pl.DataFrame, refit_every: int, *, fit: bool) -> pl.DataFrame:
         pts = check_points(frame)
         parts = []
+        states: dict[int, EnsembleState] = {}
         stream, stl = self._members()
         for sid, t, y in iter_series(pts):
             # every choice is made from a prefix: counter-ness from the first ``probe`` points (which score 0),
@@ -178,7 +203,7 @@ class EnsembleDetector(Detector):
             probe = min(self.probe, t.size)
             counter = is_counter_like(y[:probe])
             v = increments(y, y[0]) if counter and y.size else y
-            s = stream._score_series(t, v, stream._fit_series(t[:0], v[:0]))
+            s, streaming = stream._score_update_series(t, v, stream._fit_series(t[:0], v[:0]))
             s.score[:probe] = np.minimum(s.score[:probe], 0.0)
             first = int(np.searchsorted(t, t[0] + stl.min_days * DAY_US)) if t.size else 0
             if 0 < first < t.size and "stl" in self._profile(t[:first], y[:first]).members:
@@ -201,5 +226,15 @@ class EnsembleDetector(Detector):
                     np.where(keep, s.lower, both.lower),
                     np.where(keep, s.upper, both.upper),
                 )
-            parts.append(self._frame(sid, t, s))
-        return pl.concat(parts) if parts else self.score(frame)
+            parts.append(self._columns(sid, t, s))
+            if fit:
+                # what _fit_series gives, reusing the streaming member's pass when its values are the same
+                profile = self._profile(t, y)
+                fv = self._values(y, None, profile)
+                if profile.counter != counter:
+                    streaming = stream._fit_series(t, fv)
+                seasonal = stl._fit_series(t, fv) if "stl" in profile.members else None
+                states[sid] = EnsembleState(profile, streaming, seasonal, float(y[-1]), int(t[-1]))
+        if fit:
+            self.states_ = states
+        return scores_frame(parts)

@@ -36,27 +36,46 @@ representation: quantised recent values, novelty = -log frequency of the context
 
 :class:`WindowedGaussianDetector` is NAB's "windowed Gaussian" baseline (39.6 standard), kept as an anchor.
 
-State for incremental runs is the tail of the series (``window + 2 * long`` points and a little more — plus
-``pattern_memory + pattern_width`` with the pattern channel: the calibration of a point needs the tail
-threshold of each of its ``long`` predecessors) and the running resolution, so scoring a stream in pieces
-gives exactly the scores of one pass. Warm-ups count from the start of the stream, not of the tail.
+Incremental runs (``rootwise detect`` every few minutes) cost time per *new* point, not per point of history
+(:class:`StreamingState`): the last ``window`` (+ a little) values, from which the raw channels of a new point
+are computed on their own; per channel, what its calibration still needs of the trailing ``long`` raw
+scores — the values that can still be among the top few of a later window (the tail threshold is a quantile
+near the top) and the exceedances (:class:`~detectors.calibration.ExceedanceState`); and the last
+``suppress`` combined scores. The scores equal those of one batch pass over the whole stream up to rounding
+of running sums (relative 1e-12; quantiles, maxima and the recent means are the same floats), and do not
+depend on how the stream was cut into pieces. Many new points at once (a restart, a catch-up, a backfill)
+cost what a batch pass over them costs: the raw channels come from rolling kernels over the new points and
+the last window, each channel's calibration from one rolling pass over its kept values and the new ones. A
+batch pass over the last ``window + 2 * long`` points (a little more) builds the state on a first fit, and
+converts the tail states kept by earlier versions. Warm-ups count from the start of the stream.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import numpy as np
 import polars as pl
 
-from detectors.base import Detector, SeriesScores, Threshold
-from detectors.calibration import Z_MAX, anomaly_likelihood, exceedance_z, tail_of_z, z_of_tail
+from detectors.base import Detector, SeriesScores, Threshold, check_points, iter_series, scores_frame
+from detectors.calibration import (
+    Z_MAX,
+    anomaly_likelihood,
+    exceedance_parts,
+    exceedance_state,
+    exceedance_update,
+    tail_of_z,
+    z_of_tail,
+)
 
 
 @dataclass(frozen=True)
 class StreamState:
     """Tail of the stream needed to continue exactly: values and the running resolution per point; ``seen`` is
     the number of points consumed so far (warm-up counts from the start of the stream, not of the tail).
+    :class:`WindowedGaussianDetector`'s state; :class:`StreamingDetector` kept it before :class:`StreamingState`
+    (and converts it on the first update).
 
     Pickled compactly (``rootwise detect`` stores one per series): the running resolution is a non-increasing
     step function, kept as run lengths; ``t`` is not needed to continue and is not stored.
@@ -86,6 +105,34 @@ class StreamState:
         object.__setattr__(self, "y", state["y"])
         object.__setattr__(self, "res", np.repeat(state["res_values"], state["res_lengths"]))  # type: ignore[call-overload]
         object.__setattr__(self, "seen", state["seen"])
+
+
+@dataclass(frozen=True)
+class StreamingState:
+    """What :class:`StreamingDetector` keeps to continue a stream exactly, in time proportional to the new
+    points: the last values its windows read (``y``), the running resolution, the number of points seen; per
+    channel its calibration memory (:class:`~detectors.calibration.ExceedanceState`, or the last raw scores
+    for the anomaly likelihood) and its last ``smooth - 1`` raw surprises (``raw``); and the last
+    ``suppress`` combined scores before suppression (``z``).
+    """
+
+    y: np.ndarray
+    resolution: float
+    seen: int
+    memory: tuple[Any, ...]
+    raw: tuple[np.ndarray, ...]
+    z: np.ndarray
+
+
+class _Pass(NamedTuple):
+    """A batch pass of :meth:`StreamingDetector._channels`."""
+
+    z: np.ndarray
+    med: np.ndarray
+    scale: np.ndarray
+    z_raw: np.ndarray  # combined score before the suppression
+    memory: list[tuple[np.ndarray, ...]]  # per channel: exceedance (hist, hits, exc) or likelihood (raw,)
+    raw: list[np.ndarray]  # per channel: the raw surprise before smoothing
 
 
 def _empty_state() -> StreamState:
@@ -132,10 +179,23 @@ def robust_surprise(
     the trailing IQR/1.349, the resolution and a tiny fraction of the level, so quantised and flat series do
     not divide by zero.
     """
+    med, q25, q75 = _rolling_quantiles(y, window, min_periods)
+    return _robust_from_quantiles(y, resolution, med, q25, q75)
+
+
+def _rolling_quantiles(y: np.ndarray, window: int, min_periods: int) -> tuple[np.ndarray, ...]:
+    # median, quartiles of the ``window`` values before each point (polars: order statistics, then linear
+    # interpolation ``lo + (hi - lo) * frac`` — :func:`_window_quantiles` reproduces the same floats)
     s = pl.Series(y).shift(1)
     med = s.rolling_median(window, min_samples=min_periods).to_numpy()
-    q75 = s.rolling_quantile(0.75, "linear", window, min_samples=min_periods).to_numpy()
     q25 = s.rolling_quantile(0.25, "linear", window, min_samples=min_periods).to_numpy()
+    q75 = s.rolling_quantile(0.75, "linear", window, min_samples=min_periods).to_numpy()
+    return med, q25, q75
+
+
+def _robust_from_quantiles(
+    y: np.ndarray, resolution: np.ndarray, med: np.ndarray, q25: np.ndarray, q75: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     scale = (q75 - q25) / 1.349
     res = np.where(np.isfinite(resolution), resolution, 0.0)
     floor = np.maximum(res, 1e-3 * np.abs(np.nan_to_num(med)))
@@ -172,24 +232,44 @@ def trailing_window_sum(x: np.ndarray, width: int) -> np.ndarray:
     >>> trailing_window_sum(np.arange(6.0), 3).tolist()
     [inf, inf, 3.0, 6.0, 9.0, 12.0]
     """
-    n = x.size
-    out = np.zeros(n)
-    block = np.asarray(x, dtype=np.float64).copy()  # sums of ``size`` values ending at each point
+    x = np.asarray(x, dtype=np.float64)
+    n = x.shape[-1]  # along the last axis (a 2-d array: one window sum per row)
+    out = np.zeros(x.shape)
+    block = x.copy()  # sums of ``size`` values ending at each point
     size, offset = 1, 0
     while True:
         if width & size:
-            shifted = np.full(n, np.inf)
+            shifted = np.full(x.shape, np.inf)
             if offset < n:
-                shifted[offset:] = block[: n - offset]
+                shifted[..., offset:] = block[..., : n - offset]
             out = out + shifted
             offset += size
         size *= 2
         if size > width:
             return out
-        half, doubled = size // 2, np.full(n, np.inf)
+        half, doubled = size // 2, np.full(x.shape, np.inf)
         if half < n:
-            doubled[half:] = block[half:] + block[: n - half]
+            doubled[..., half:] = block[..., half:] + block[..., : n - half]
         block = doubled
+
+
+def trailing_mean(x: np.ndarray, width: int) -> np.ndarray:
+    """Mean of the last ``width`` values at each point (of the values so far before ``width`` exist).
+
+    From :func:`trailing_window_sum`, so a point's mean is the same floats whatever the start of the array once
+    its window is full: the batch pass and the incremental path agree bit for bit, and a window of equal values
+    averages to exactly that value (a running sum keeps the rounding residue of values that left the window,
+    and on a quantised series a residue of 1e-16 over a resolution-sized scale is a surprise that ties with 0
+    no longer do).
+
+    Examples
+    --------
+    >>> trailing_mean(np.array([1.0, 2.0, 3.0, 0.0, 0.0, 0.0]), 3).tolist()
+    [1.0, 1.5, 2.0, 1.6666666666666667, 1.0, 0.0]
+    """
+    x = np.asarray(x, dtype=np.float64)
+    sums = trailing_window_sum(np.r_[np.zeros(width - 1), x], width)[width - 1 :]
+    return sums / np.minimum(width, np.arange(1, x.size + 1))
 
 
 def pattern_distance(y: np.ndarray, scale: np.ndarray, *, width: int, memory: int) -> np.ndarray:
@@ -217,6 +297,10 @@ def range_surprise(y: np.ndarray, scale: np.ndarray, *, window: int) -> np.ndarr
     s = pl.Series(y).shift(1)
     hi = s.rolling_max(window, min_samples=2).to_numpy()
     lo = s.rolling_min(window, min_samples=2).to_numpy()
+    return _range_from(y, hi, lo, scale)
+
+
+def _range_from(y: np.ndarray, hi: np.ndarray, lo: np.ndarray, scale: np.ndarray) -> np.ndarray:
     out = np.maximum(y - hi, lo - y) / scale
     return np.maximum(np.nan_to_num(out, nan=0.0), 0.0)
 
@@ -228,11 +312,107 @@ def volatility_surprise(
     dy = pl.Series(np.diff(y, prepend=y[:1]))
     short_sd = dy.rolling_std(short, min_samples=2).to_numpy()
     long_sd = dy.shift(short).rolling_std(window, min_samples=min_periods).to_numpy()
+    return _volatility_from(short_sd, long_sd, res)
+
+
+def _volatility_from(short_sd: np.ndarray, long_sd: np.ndarray, res: np.ndarray) -> np.ndarray:
     # the resolution keeps a quantised series' spread away from 0 (log of 0/0)
     floor = np.where(np.isfinite(res), res, 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         ratio = np.log((short_sd + floor) / (long_sd + floor))
     return np.nan_to_num(np.abs(ratio), nan=0.0, posinf=0.0, neginf=0.0)
+
+
+# -- the same statistics at the last few points only (StreamingDetector's incremental path) --------------
+#: up to this many new points, window quantiles are read off sorted windows (numpy); beyond, polars' rolling
+#: kernels over the suffix are cheaper. Both give the same floats (order statistics, one interpolation).
+_SMALL = 32
+#: rows per step where a statistic materialises one window per point
+_ROWS = 1024
+
+
+def _windows(x: np.ndarray, ends: np.ndarray, width: int, pad: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(len(ends), width)`` copies of the ``width`` values of ``x`` ending at each of ``ends`` (inclusive),
+    ``pad`` where a window reaches before the start of ``x``; and the mask of real values."""
+    at = ends[:, None] + np.arange(1 - width, 1)[None, :]
+    real = at >= 0
+    return np.where(real, x[np.maximum(at, 0)], pad), real
+
+
+def _window_stats(
+    a: np.ndarray, n: int, window: int, min_samples: int, quantiles: tuple[float, ...], extremes: bool = False
+) -> list[np.ndarray]:
+    """The ``quantiles`` (and with ``extremes`` the max and min, 2 values at least) of the ``window`` values
+    before each of the last ``n`` points of ``a`` — the values of :func:`_rolling_quantiles` and
+    :func:`range_surprise`'s rolling max/min there; ``a`` starts at the stream's start or holds a full window
+    before the first of them. NaN where fewer than ``min_samples`` values exist."""
+    size = a.size
+    if n > _SMALL:
+        s = pl.Series(a[max(0, size - n - window) :]).shift(1)
+        out = [
+            (
+                s.rolling_median(window, min_samples=min_samples)
+                if q == 0.5
+                else s.rolling_quantile(q, "linear", window, min_samples=min_samples)
+            ).to_numpy()[-n:]
+            for q in quantiles
+        ]
+        if extremes:
+            out += [s.rolling_max(window, min_samples=2).to_numpy()[-n:]]
+            out += [s.rolling_min(window, min_samples=2).to_numpy()[-n:]]
+        return out
+    ends = np.arange(size - n, size) - 1
+    srt = np.sort(_windows(a, ends, window, np.nan)[0], axis=1)  # NaN padding sorts last
+    count = np.minimum(window, ends + 1)
+    rows = np.arange(n)
+    out = []
+    for q in quantiles:
+        at = q * (count - 1)
+        lo, hi = np.floor(at), np.ceil(at)
+        v_lo = srt[rows, np.maximum(lo.astype(np.int64), 0)]  # lo = -1 without values (masked below)
+        v_hi = srt[rows, hi.astype(np.int64)]
+        with np.errstate(invalid="ignore"):
+            out.append(np.where(count >= min_samples, v_lo + (v_hi - v_lo) * (at - lo), np.nan))
+    if extremes:
+        out.append(np.where(count >= 2, srt[rows, np.maximum(count - 1, 0)], np.nan))
+        out.append(np.where(count >= 2, srt[:, 0], np.nan))
+    return out
+
+
+def _trailing_std(x: np.ndarray, ends: np.ndarray, width: int, min_count: int) -> np.ndarray:
+    """Sample standard deviation of the ``width`` values of ``x`` ending at each of ``ends`` (NaN where fewer
+    than ``min_count`` exist); each window summed on its own, so the value does not depend on where a stream was
+    cut into pieces."""
+    out = np.empty(ends.size)
+    for a in range(0, ends.size, _ROWS):
+        w, real = _windows(x, ends[a : a + _ROWS], width, 0.0)
+        count = real.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = w.sum(axis=1) / count
+            dev = np.where(real, w - mean[:, None], 0.0)
+            sd = np.sqrt((dev**2).sum(axis=1) / (count - 1))
+        out[a : a + _ROWS] = np.where(count >= min_count, sd, np.nan)
+    return out
+
+
+def _pattern_at(a: np.ndarray, scale: np.ndarray, n: int, *, width: int, memory: int) -> np.ndarray:
+    """:func:`pattern_distance` at the last ``n`` points of ``a`` (the same floats: the window sums are
+    start-independent and the minimum is exact); ``a`` starts at the stream's start or holds
+    ``memory + width - 1`` values before the first of them."""
+    size = a.size
+    lags = np.arange(width, memory + 1)
+    best = np.full(n, np.inf)
+    step = max(1, _ROWS * 64 // max(lags.size, 1))
+    for b in range(0, n, step):
+        m = min(step, n - b)
+        pos = np.arange(size - n + b - width + 1, size - n + b + m)  # values in the windows of these points
+        src = pos[None, :] - lags[:, None]
+        real = (src >= 0) & (pos >= 0)[None, :]
+        sq = np.where(real, (a[np.maximum(pos, 0)][None, :] - a[np.maximum(src, 0)]) ** 2, np.inf)
+        if lags.size:
+            best[b : b + m] = trailing_window_sum(sq, width)[:, width - 1 :].min(axis=0)
+    with np.errstate(invalid="ignore"):
+        return np.sqrt(best / width) / scale
 
 
 #: the raw channels :class:`StreamingDetector` can combine
@@ -308,7 +488,7 @@ class StreamingDetector(Detector):
         self.pattern_memory = pattern_memory
         self.smooth = smooth
 
-    def _tail_length(self) -> int:
+    def _bulk_length(self) -> int:
         # enough history to recompute every rolling window of the last point exactly: a raw channel needs
         # ``window`` (+ the longest recent mean) earlier points; its calibration the tail threshold of each of
         # the ``long`` earlier raw values, each of which needs ``long`` values before it; the suppression the
@@ -320,38 +500,113 @@ class StreamingDetector(Detector):
             raw = max(raw, self.window + self.pattern_memory + self.pattern_width)
         return raw + 2 * self.long + recent + self.suppress + 2
 
-    def _fit_series(self, t: np.ndarray, y: np.ndarray) -> StreamState:
+    def _lookback(self) -> int:
+        # values before a point that its raw channels read: the window (one more for the change channel's
+        # first difference, ``short`` more for the volatility channel's shifted window), the longest recent mean,
+        # the pattern channel's memory
+        out = max(self.window + self.short + 1, *self.means, 1)
+        if "pattern" in self.channels:
+            out = max(out, self.pattern_memory + self.pattern_width)
+        return out
+
+    def _likelihood_keep(self) -> int:
+        # raw scores before a point that the anomaly likelihood reads (short means over a long history of them)
+        return max(self.long + 2 * self.short, self.min_history, self.short + 1)
+
+    def _fit_series(self, t: np.ndarray, y: np.ndarray) -> StreamState | StreamingState:
         return self._update_series(t, y, _empty_state())
 
-    def _update_series(self, t: np.ndarray, y: np.ndarray, state: StreamState) -> StreamState:
-        yy = ffill(np.r_[state.y, y])
+    def _update_series(
+        self, t: np.ndarray, y: np.ndarray, state: StreamState | StreamingState
+    ) -> StreamState | StreamingState:
+        if not y.size:
+            return state
+        if isinstance(state, StreamingState):
+            return self._advance(y, state)[1]
+        # from the start of the stream (or from a tail kept by an earlier version): one batch pass over the
+        # last ``_bulk_length`` points gives every kept quantity exactly
+        full = ffill(np.r_[state.y, y])
         res = np.r_[state.res, self._resolution(y, state)]
-        keep = self._tail_length()
-        return StreamState(np.r_[state.t, t][-keep:], yy[-keep:], res[-keep:], state.seen + y.size)
+        cut = max(0, full.size - self._bulk_length())
+        first = state.seen - state.y.size + cut
+        return self._compact(self._channels(full[cut:], res[cut:], first), full[cut:], res[-1], first)
 
     @staticmethod
-    def _resolution(y: np.ndarray, state: StreamState) -> np.ndarray:
+    def _resolution(y: np.ndarray, state: StreamState | StreamingState) -> np.ndarray:
         # the step into the first new point counts too, so pieces give the same resolution as one pass
         prev = state.y[-1:] if state.y.size else ffill(y)[:1]
         return running_resolution(ffill(np.r_[prev, y]), state.resolution)[1:]
 
-    def _score_series(self, t: np.ndarray, y: np.ndarray, state: StreamState) -> SeriesScores:
+    def _score_series(
+        self, t: np.ndarray, y: np.ndarray, state: StreamState | StreamingState
+    ) -> SeriesScores:
+        if isinstance(state, StreamingState):
+            return self._advance(y, state)[0]
+        return self._batch(y, state)[0]
+
+    def _score_update_series(
+        self, t: np.ndarray, y: np.ndarray, state: StreamState | StreamingState
+    ) -> tuple[SeriesScores, StreamState | StreamingState]:
+        if isinstance(state, StreamingState):
+            return self._advance(y, state)
+        if not y.size:
+            return self._score_series(t, y, state), state
+        # one batch pass gives the scores and (from its last stretch) the state
+        scores, p, full, res, first = self._batch(y, state)
+        return scores, self._compact(p, full, res[-1], first)
+
+    def _batch(
+        self, y: np.ndarray, state: StreamState
+    ) -> tuple[SeriesScores, _Pass, np.ndarray, np.ndarray, int]:
+        """One batch pass over a tail state (empty at the stream's start) and the new points ``y``: their
+        scores, the pass, its values, resolutions and the stream index of its first point."""
         n_old = state.y.size
         full = ffill(np.r_[state.y, y])
         res = np.r_[state.res, self._resolution(y, state)]
         # points are numbered from the start of the stream so warm-up does not restart after a tail cut
         first = state.seen - n_old
-        z, med, scale = self._channels(full, res, first=first)
-        band = 4.0 * scale
-        return SeriesScores(z[n_old:], med[n_old:], (med - band)[n_old:], (med + band)[n_old:])
+        p = self._channels(full, res, first)
+        band = 4.0 * p.scale
+        scores = SeriesScores(p.z[n_old:], p.med[n_old:], (p.med - band)[n_old:], (p.med + band)[n_old:])
+        return scores, p, full, res, first
+
+    def score_update(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """:meth:`score` then :meth:`update`, in one pass per series."""
+        return self._score_update_each(frame)
+
+    def fit_score_online(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """Causal scores of every point and the fitted state after them, from one pass."""
+        states: dict[int, StreamState | StreamingState] = {}
+        parts = []
+        for sid, t, y in iter_series(check_points(frame)):
+            scores, states[sid] = self._score_update_series(t, y, _empty_state())
+            parts.append(self._columns(sid, t, scores))
+        self.states_ = states
+        return scores_frame(parts)
+
+    def _compact(self, p: _Pass, y: np.ndarray, resolution: float, first: int) -> StreamingState:
+        """The incremental state after a batch pass over ``y`` (stream points ``first``...)."""
+        memory: list[object] = []
+        for parts in p.memory:
+            if self.calibration == "likelihood":
+                memory.append(parts[0][-self._likelihood_keep() :])
+            else:
+                memory.append(exceedance_state(*parts, q=self.tail_q, window=self.long))
+        keep_raw = self.smooth - 1
+        return StreamingState(
+            y[-self._lookback() :],
+            float(resolution),
+            first + y.size,
+            tuple(memory),
+            tuple(r[-keep_raw:] if keep_raw else r[:0] for r in p.raw),
+            p.z_raw[-self.suppress :] if self.suppress else np.zeros(0),
+        )
 
     def _surprises(
         self, y: np.ndarray, res: np.ndarray, first: int
     ) -> tuple[list[np.ndarray], list[int], np.ndarray, np.ndarray]:
-        unknown = set(self.channels) - set(CHANNELS)
-        if unknown:
-            raise ValueError(f"unknown channel(s) {sorted(unknown)}; expected a subset of {CHANNELS}")
-        mp = max(5, min(self.min_history, self.window) // 2)
+        self._check_channels()
+        mp = self._min_periods()
         level, med, scale = robust_surprise(y, res, window=self.window, min_periods=mp)
         surprises: list[np.ndarray] = []
         starts: list[int] = []  # per channel: the first stream index it may score at (0 = the usual warm-up)
@@ -364,7 +619,7 @@ class StreamingDetector(Detector):
             # sustained shift: the mean of the last k points against the trailing median, in standard-error
             # units (a small shift held for a while is as surprising as one big spike)
             for k in self.means:
-                m = pl.Series(y).rolling_mean(k, min_samples=1).to_numpy()
+                m = trailing_mean(y, k)
                 surprises.append(np.abs(m - med) / scale * np.sqrt(k) / 3.0)
         if "volatility" in self.channels:
             surprises.append(
@@ -376,47 +631,159 @@ class StreamingDetector(Detector):
         if "pattern" in self.channels:
             w = self.pattern_width
             raw = pattern_distance(y, scale, width=w, memory=self.pattern_memory)
-            # a nearest match among a handful of candidates is far by chance: the raw counts once there are
-            # ``2 * min_history`` candidate subsequences, its calibrated z ``min_history`` points later (stream
-            # index, so pieces and one pass agree)
-            valid = first + np.arange(y.size) - 2 * w + 2 >= 2 * self.min_history
-            surprises.append(np.where(valid, np.nan_to_num(raw, nan=0.0, posinf=0.0), 0.0))
-            starts.append(2 * w - 2 + 3 * self.min_history)
+            surprises.append(self._pattern_valid(raw, first + np.arange(y.size)))
+            starts.append(self._pattern_start())
         return surprises, starts, med, scale
 
-    def _channels(
-        self, y: np.ndarray, res: np.ndarray, first: int
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _surprises_at(
+        self, a: np.ndarray, res: np.ndarray, n: int, first: int
+    ) -> tuple[list[np.ndarray], list[int], np.ndarray, np.ndarray]:
+        """:meth:`_surprises` at the last ``n`` points of ``a`` only, the same floats (the volatility channel's
+        spreads up to rounding: polars' rolling std there); ``a`` holds ``_lookback`` values before them or starts at the stream's start (``a[0]`` is
+        stream point ``first``); ``res`` is their running resolution."""
+        self._check_channels()
+        mp = self._min_periods()
+        size = a.size
+        y = a[size - n :]
+        stats = _window_stats(a, n, self.window, mp, (0.5, 0.25, 0.75), extremes="range" in self.channels)
+        level, med, scale = _robust_from_quantiles(y, res, *stats[:3])
+        surprises: list[np.ndarray] = []
+        if "level" in self.channels:
+            surprises.append(level)
+        if "change" in self.channels:
+            dy = np.abs(np.diff(a, prepend=a[:1]))
+            d = _window_stats(dy, n, self.window, mp, (0.5, 0.25, 0.75))
+            surprises.append(_robust_from_quantiles(dy[size - n :], res, *d)[0])
+        if "mean" in self.channels:
+            for k in self.means:
+                m = trailing_mean(a[max(0, size - n - k + 1) :], k)[-n:]
+                surprises.append(np.abs(m - med) / scale * np.sqrt(k) / 3.0)
+        if "volatility" in self.channels:
+            dy = np.diff(a, prepend=a[:1])
+            ends = np.arange(size - n, size)
+            short_sd = _trailing_std(dy, ends, self.short, 2)
+            long_sd = _trailing_std(dy, ends - self.short, self.window, mp)
+            surprises.append(_volatility_from(short_sd, long_sd, res))
+        if "range" in self.channels:
+            surprises.append(_range_from(y, stats[3], stats[4], scale))
+        starts = [0] * len(surprises)
+        if "pattern" in self.channels:
+            raw = _pattern_at(a, scale, n, width=self.pattern_width, memory=self.pattern_memory)
+            surprises.append(self._pattern_valid(raw, first + np.arange(size - n, size)))
+            starts.append(self._pattern_start())
+        return surprises, starts, med, scale
+
+    def _check_channels(self) -> None:
+        unknown = set(self.channels) - set(CHANNELS)
+        if unknown:
+            raise ValueError(f"unknown channel(s) {sorted(unknown)}; expected a subset of {CHANNELS}")
+
+    def _min_periods(self) -> int:
+        return max(5, min(self.min_history, self.window) // 2)
+
+    def _pattern_valid(self, raw: np.ndarray, index: np.ndarray) -> np.ndarray:
+        # a nearest match among a handful of candidates is far by chance: the raw counts once there are
+        # ``2 * min_history`` candidate subsequences, its calibrated z ``min_history`` points later (stream
+        # index, so pieces and one pass agree)
+        valid = index - 2 * self.pattern_width + 2 >= 2 * self.min_history
+        return np.where(valid, np.nan_to_num(raw, nan=0.0, posinf=0.0), 0.0)
+
+    def _pattern_start(self) -> int:
+        return 2 * self.pattern_width - 2 + 3 * self.min_history
+
+    def _channels(self, y: np.ndarray, res: np.ndarray, first: int) -> _Pass:
+        """Batch pass over ``y`` (stream points ``first``...): scores and what the incremental state keeps."""
         surprises, starts, med, scale = self._surprises(y, res, first)
-        zs = []
+        zs, memory = [], []
         for surprise, start in zip(surprises, starts, strict=True):
             if self.smooth > 1:
-                surprise = pl.Series(surprise).rolling_mean(self.smooth, min_samples=1).to_numpy()
+                surprise = trailing_mean(surprise, self.smooth)
             if self.calibration == "likelihood":
                 # raw anomaly score in [0, 1): the two-sided tail of the surprise as if standard normal
                 raw = 1.0 - 2.0 * tail_of_z(np.minimum(surprise, Z_MAX))
                 zs.append(
                     anomaly_likelihood(raw, short=self.short, long=self.long, min_history=self.min_history)
                 )
+                memory.append((raw,))
             else:
-                zs.append(
-                    exceedance_z(
-                        surprise,
-                        q=self.tail_q,
-                        window=self.long,
-                        min_history=self.min_history,
-                        cap=self.calibration_cap,
-                    )
+                z, *parts = exceedance_parts(
+                    surprise,
+                    q=self.tail_q,
+                    window=self.long,
+                    min_history=self.min_history,
+                    cap=self.calibration_cap,
                 )
+                zs.append(z)
+                memory.append(tuple(parts))
             zs[-1][: max(0, start - first)] = 0.0
         if not zs:
-            return np.zeros(y.size), med, scale
+            zero = np.zeros(y.size)
+            return _Pass(zero, med, scale, zero, memory, surprises)
         # max of k calibrated channels: Bonferroni (k x tail) keeps the combined score calibrated
         z = z_of_tail(np.minimum(1.0, len(zs) * tail_of_z(np.max(zs, axis=0))))
         z[: max(0, self.min_history - first)] = 0.0
+        z_raw = z
         if self.suppress:
             z = suppress_after_alarm(z, self.suppress, self.alarm_z)
-        return z, med, scale
+        return _Pass(z, med, scale, z_raw, memory, surprises)
+
+    def _advance(self, y: np.ndarray, state: StreamingState) -> tuple[SeriesScores, StreamingState]:
+        """Scores of the new points ``y`` and the state after them, in time proportional to ``len(y)``: the raw
+        channels at the new points only (:meth:`_surprises_at`), each channel's calibration from its kept
+        memory (:func:`~detectors.calibration.exceedance_update`)."""
+        n = y.size
+        if not n:
+            return SeriesScores(np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0)), state
+        a = ffill(np.r_[state.y, y])
+        res = self._resolution(y, state)
+        index = state.seen + np.arange(n)  # stream index of the new points
+        surprises, starts, med, scale = self._surprises_at(a, res, n, state.seen - state.y.size)
+        zs, memory, raw_tail = [], [], []
+        for c, (surprise, start) in enumerate(zip(surprises, starts, strict=True)):
+            if self.smooth > 1:
+                ext = np.r_[state.raw[c], surprise]
+                raw_tail.append(ext[-(self.smooth - 1) :])
+                surprise = trailing_mean(ext, self.smooth)[-n:]
+            else:
+                raw_tail.append(surprise[:0])
+            if self.calibration == "likelihood":
+                raw = np.r_[state.memory[c], 1.0 - 2.0 * tail_of_z(np.minimum(surprise, Z_MAX))]
+                lik = anomaly_likelihood(raw, short=self.short, long=self.long, min_history=self.min_history)
+                z = lik[-n:]
+                memory.append(raw[-self._likelihood_keep() :])
+            else:
+                z, mem = exceedance_update(
+                    surprise,
+                    state.memory[c],
+                    q=self.tail_q,
+                    window=self.long,
+                    min_history=self.min_history,
+                    cap=self.calibration_cap,
+                )
+                memory.append(mem)
+            z[index < start] = 0.0
+            zs.append(z)
+        if zs:
+            z = z_of_tail(np.minimum(1.0, len(zs) * tail_of_z(np.max(zs, axis=0))))
+            z[index < self.min_history] = 0.0
+        else:
+            z = np.zeros(n)
+        z_raw, z_tail = z, state.z
+        if self.suppress:
+            ext = np.r_[state.z, z_raw]
+            prev = _windows(ext, np.arange(state.z.size, ext.size) - 1, self.suppress, -np.inf)[0].max(axis=1)
+            z = np.where(prev < self.alarm_z, z_raw, np.minimum(z_raw, 0.0))
+            z_tail = ext[-self.suppress :]
+        band = 4.0 * scale
+        new = StreamingState(
+            a[-self._lookback() :],
+            float(res[-1]),
+            state.seen + n,
+            tuple(memory),
+            tuple(raw_tail),
+            z_tail,
+        )
+        return SeriesScores(z, med, med - band, med + band), new
 
 
 class WindowedGaussianDetector(Detector):
