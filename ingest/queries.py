@@ -38,7 +38,7 @@ import duckdb
 import polars as pl
 
 from ingest import schema
-from ingest.store import Store, StoreError
+from ingest.store import Store, StoreError, rollup_state
 
 #: pseudo-label addressing the ``series.service`` column in matchers and ``group_by``
 SERVICE_LABEL = "__service__"
@@ -503,13 +503,6 @@ def _rollup_end(store: Store, lo: datetime, hi: datetime) -> datetime | None:
     return row[0][0] if row and row[0][0] is not None else None
 
 
-def _rollup_bounds(store: Store) -> tuple[datetime | None, datetime | None] | None:
-    """``(raw_from, rolled_to)`` of the store's ``rollup_state`` (see :mod:`ingest.retention`); ``None`` when no
-    rollup pass has run (rollups, if any, are then checked per point)."""
-    rows = _rows(store, "SELECT raw_from, rolled_to FROM rollup_state WHERE id = 1")
-    return (rows[0][0], rows[0][1]) if rows and rows[0][1] is not None else None
-
-
 def _counter_increase(value: str, prev: str) -> str:
     """SQL for a counter's increase from ``prev`` to ``value``: a drop means a restart from 0 (Prometheus)."""
     return f"CASE WHEN {prev} IS NULL THEN NULL WHEN {value} >= {prev} THEN {value} - {prev} ELSE {value} END"
@@ -743,12 +736,12 @@ def _resample_sql(
     sel = f"sel AS MATERIALIZED (SELECT s.series_id, s.kind{gsel} FROM series s WHERE {plan.where})"
     hour = ROLLUPS[-1][1]
     raw_lo = _from_us(w.lo_us - lookback_us if needs_inc else w.lo_us)
-    state = _rollup_bounds(store)
-    if state is not None:
+    state = rollup_state(store.cursor())
+    if state is not None and state.rolled_to is not None:
         # the rollups are complete up to a known bound: rollup rows before it, raw points after it. A step that
         # is a whole number of 5-minute rollups reads them up to ``rolled_to``; a finer one only where
         # retention deleted the raw points
-        raw_from, rolled_to = state
+        raw_from, rolled_to = state.raw_from, state.rolled_to
         bound = rolled_to if w.step_us % ROLLUPS[0][1] == 0 else raw_from
         if bound is None or bound <= raw_lo:
             inwin = _raw_inwin_sql(p, w, plan.kinds, needs_inc, lookback_us)

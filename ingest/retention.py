@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ingest.store import Store
+from ingest.store import RollupState, Store, rollup_state
 
 #: how long after an hour ends a rollup pass waits before rolling it (points of all series have come in)
 GRACE = timedelta(minutes=10)
@@ -68,7 +68,12 @@ class RetentionReport:
         >>> RetentionReport(1, 1, 12, datetime(2024, 1, 1)).to_dict()["cutoff"]
         '2024-01-01T00:00:00'
         """
-        return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in asdict(self).items()}
+        return _json_ready(self)
+
+
+def _json_ready(report: Any) -> dict[str, Any]:
+    """A report dataclass as a dict, datetimes as ISO 8601 strings."""
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in asdict(report).items()}
 
 
 def _floor_hour(ts: datetime) -> datetime:
@@ -146,25 +151,6 @@ GROUP BY series_id
 """
 
 
-@dataclass(frozen=True)
-class RollupState:
-    """How far the rollups reach (table ``rollup_state``).
-
-    ``raw_from``: raw points before it were deleted by retention (``None``: never); ``rolled_to``: every raw
-    point before it is represented in ``points_5m`` and ``points_1h`` (``None``: nothing rolled yet), except late
-    arrivals listed in ``rollup_dirty`` that the next rollup pass takes in. Both sit on hour boundaries.
-    """
-
-    raw_from: datetime | None
-    rolled_to: datetime | None
-
-
-def rollup_state(cur: Any) -> RollupState | None:
-    """The store's rollup state (``None`` before any rollup pass or retention run)."""
-    rows = cur.execute("SELECT raw_from, rolled_to FROM rollup_state WHERE id = 1").fetchall()
-    return RollupState(*rows[0]) if rows else None
-
-
 def _set_state(cur: Any, state: RollupState) -> None:
     cur.execute(
         """
@@ -188,7 +174,7 @@ class RollupReport:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (datetimes as ISO 8601 strings)."""
-        return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in asdict(self).items()}
+        return _json_ready(self)
 
 
 def apply_retention(

@@ -22,6 +22,7 @@ import contextlib
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -127,10 +128,29 @@ _LATE = """
 """
 
 
+@dataclass(frozen=True)
+class RollupState:
+    """How far the rollups reach (table ``rollup_state``, written by :mod:`ingest.retention`).
+
+    ``raw_from``: raw points before it were deleted by retention (``None``: never); ``rolled_to``: every raw
+    point before it is represented in ``points_5m`` and ``points_1h`` (``None``: nothing rolled yet), except late
+    arrivals listed in ``rollup_dirty`` that the next rollup pass takes in. Both sit on hour boundaries.
+    """
+
+    raw_from: datetime | None
+    rolled_to: datetime | None
+
+
+def rollup_state(cur: Any) -> RollupState | None:
+    """The store's rollup state (``None`` before any rollup pass or retention run)."""
+    rows = cur.execute("SELECT raw_from, rolled_to FROM rollup_state WHERE id = 1").fetchall()
+    return RollupState(*rows[0]) if rows else None
+
+
 def _mark_late(cur: duckdb.DuckDBPyConnection, lo: Any) -> None:
-    rows = cur.execute("SELECT rolled_to FROM rollup_state WHERE id = 1").fetchall()
-    if rows and rows[0][0] is not None and lo < rows[0][0]:
-        cur.execute(_LATE, {"to": rows[0][0]})
+    state = rollup_state(cur)
+    if state is not None and state.rolled_to is not None and lo < state.rolled_to:
+        cur.execute(_LATE, {"to": state.rolled_to})
 
 
 _TIME_COL = {"points": "ts", "histograms": "ts", "spans": "start", "logs": "ts"}
