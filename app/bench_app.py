@@ -85,8 +85,8 @@ LOAD_TIMEOUT_S = 90.0
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync")  # fmt: skip
-STORE_TABLES = ("series", "points", "points_5m", "points_1h", "histograms", "spans", "logs", "events",
-                "incidents")  # fmt: skip
+STORE_TABLES = ("series", "points", "points_5m", "points_1h", "histograms", "histograms_5m", "histograms_1h",
+                "spans", "logs", "events", "incidents")  # fmt: skip
 
 #: ``rootwise serve`` with the data module's caches off (TTL 0): every query of every callback reaches DuckDB.
 #: Bench-only: the app has no switch for it, so the launcher wraps :func:`app.data.attach` before serving.
@@ -252,7 +252,8 @@ def roll_up(db: Path) -> dict[str, Any]:
     seconds = round(time.perf_counter() - t0, 1)
     console.print(
         f"rollup pass: {report['rolled_5m']:,} 5-minute and {report['rolled_1h']:,} hourly rows, up to "
-        f"{report['rolled_to']}, in {seconds:g} s"
+        f"{report['rolled_to']}; histograms {report['histograms_5m']:,} + {report['histograms_1h']:,} rows, up to "
+        f"{report['histograms_to']}; in {seconds:g} s"
     )
     return {**report, "seconds": seconds}
 

@@ -199,7 +199,14 @@ def cmd_retention(args: argparse.Namespace) -> int:
     from ingest.retention import apply_retention
 
     try:
-        report = apply_retention(store, raw_max_age=args.raw_max_age)
+        report = apply_retention(
+            store,
+            raw_max_age=args.raw_max_age,
+            rollup_max_age_5m=args.rollup_5m_max_age,
+            histograms_max_age=args.histograms_max_age,
+            spans_max_age=args.spans_max_age,
+            logs_max_age=args.logs_max_age,
+        )
     finally:
         store.close()
     emit(report.to_dict(), args.format, lambda d: "\n".join(f"{k}: {v}" for k, v in d.items()))
@@ -844,6 +851,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=timedelta(days=14),
         help="keep raw points this long (e.g. 14d; default 14d)",
     )
+    for flag, what in (
+        ("--rollup-5m-max-age", "5-minute rollups (hourly ones stay)"),
+        ("--histograms-max-age", "raw histogram points (their hours are rolled up first)"),
+        ("--spans-max-age", "spans"),
+        ("--logs-max-age", "logs"),
+    ):
+        p.add_argument(
+            flag, type=parse_duration, default=None, help=f"keep {what} this long (default: forever)"
+        )
     p.set_defaults(func=cmd_retention)
 
     p = sub.add_parser(

@@ -28,6 +28,16 @@ CREATE TABLE IF NOT EXISTS {name} (
     avg DOUBLE, min DOUBLE, max DOUBLE, sum DOUBLE, count BIGINT, last DOUBLE
 );
 """
+# a histogram rollup row holds the *increments* of one series in one bucket (reset-aware, see
+# ``ingest.queries.histogram_increments_sql``): per bucket of ``bounds`` (the last, +Inf, included), of the sum
+# and of the count of observations; a series whose bounds changed inside a bucket has one row per layout
+_HISTOGRAM_ROLLUP = """
+CREATE TABLE {name} (
+    series_id BIGINT NOT NULL,
+    ts TIMESTAMP NOT NULL,
+    bounds DOUBLE[] NOT NULL, counts DOUBLE[] NOT NULL, sum DOUBLE, count DOUBLE
+);
+"""
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -199,6 +209,13 @@ MIGRATIONS += (
         );
         CREATE TABLE rollup_dirty (series_id BIGINT NOT NULL, hour TIMESTAMP NOT NULL);
         """,
+    ),
+    Migration(
+        10,
+        "histogram rollups: bucket increments per 5 minutes and per hour, and how far they reach",
+        _HISTOGRAM_ROLLUP.format(name="histograms_5m")
+        + _HISTOGRAM_ROLLUP.format(name="histograms_1h")
+        + "ALTER TABLE rollup_state ADD COLUMN histograms_to TIMESTAMP;",
     ),
 )
 

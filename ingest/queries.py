@@ -51,6 +51,8 @@ ACROSS = ("sum", "avg", "min", "max")
 COUNTER_LOOKBACK = timedelta(minutes=5)
 #: rollup tables written by :mod:`ingest.retention`, finest first: (table, width in microseconds)
 ROLLUPS = (("points_5m", 300_000_000), ("points_1h", 3_600_000_000))
+#: histogram rollup tables (bucket increments), finest first
+HISTOGRAM_ROLLUPS = (("histograms_5m", 300_000_000), ("histograms_1h", 3_600_000_000))
 #: refuse queries that would produce more buckets than this per group
 MAX_BUCKETS = 1_000_000
 #: minimum severity names accepted by :func:`logs`, as OTLP SeverityNumber lower bounds
@@ -943,26 +945,23 @@ def _histogram_plan(
     return where, p, w
 
 
-def _histogram_increments_sql(where: str, p: _Params, w: _Window, group_exprs: Sequence[str]) -> str:
-    """CTEs ``sel`` and ``d(series_id, ts, b, bounds, inc, dsum, dcount)``: per-point increments.
+def histogram_increments_sql(source: str, keep: str) -> str:
+    """CTEs ``h``, ``r`` and ``d(series_id, ts, bounds, inc, dsum, dcount)``: per-point histogram increments.
 
-    Cumulative histograms become the difference to the series' previous point (found up to
-    ``max(step, 5 min)`` before the window); a point whose bounds changed, or where any bucket count or the
-    total count dropped, starts afresh (counter reset: its counts are the increment). Delta histograms are
-    increments already.
+    ``source`` is a condition on ``histograms h`` choosing the points to read (the kept ones and, before them,
+    where to look for each series' previous point); ``keep`` one on ``ts`` choosing those to return. Cumulative
+    histograms become the difference to the series' previous point; a point whose bounds changed, or where any
+    bucket count or the total count dropped, starts afresh (counter reset: its counts are the increment); a
+    point without a previous one has NULL increments. Delta histograms are increments already. Shared by the
+    queries and the histogram rollups (:mod:`ingest.retention`), so both count alike.
     """
-    gsel = "".join(f", {e} AS g{i}" for i, e in enumerate(group_exprs))
-    lookback = max(w.step_us, COUNTER_LOOKBACK // timedelta(microseconds=1))
-    step = p(w.step_us, "BIGINT")
     return f"""
-        sel AS MATERIALIZED (SELECT s.series_id{gsel} FROM series s WHERE {where}),
         h AS (
             SELECT h.*,
                 lag(counts) OVER win AS pc, lag(bounds) OVER win AS pb,
                 lag(count) OVER win AS pcount, lag(sum) OVER win AS psum
             FROM histograms h
-            WHERE ts >= {p(_from_us(w.lo_us - lookback))} AND ts < {p(w.hi)}
-              AND series_id IN (SELECT series_id FROM sel)
+            WHERE {source}
             WINDOW win AS (PARTITION BY series_id ORDER BY ts)
         ),
         r AS (
@@ -970,10 +969,10 @@ def _histogram_increments_sql(where: str, p: _Params, w: _Window, group_exprs: S
                 pb <> bounds OR len(pc) <> len(counts) OR coalesce(count < pcount, FALSE)
                 OR list_bool_or(list_transform(range(1, len(counts) + 1), lambda i: counts[i] < pc[i]))
             ) AS reset
-            FROM h WHERE ts >= {p(w.lo)}
+            FROM h WHERE {keep}
         ),
         d AS (
-            SELECT series_id, ts, epoch_us(ts) // {step} AS b, bounds,
+            SELECT series_id, ts, bounds,
                 CASE WHEN NOT cumulative OR reset THEN counts
                      WHEN pc IS NULL THEN NULL
                      ELSE list_transform(range(1, len(counts) + 1), lambda i: counts[i] - pc[i]) END AS inc,
@@ -981,6 +980,40 @@ def _histogram_increments_sql(where: str, p: _Params, w: _Window, group_exprs: S
                 CASE WHEN NOT cumulative OR reset THEN count WHEN pc IS NULL THEN NULL ELSE count - pcount END
                     AS dcount
             FROM r
+        )"""
+
+
+def _histogram_increments_sql(
+    store: Store, where: str, p: _Params, w: _Window, group_exprs: Sequence[str]
+) -> str:
+    """CTEs ``sel`` and ``e(series_id, ts, b, bounds, inc, dsum, dcount)``: increments per point or rollup row.
+
+    Raw points are differenced with :func:`histogram_increments_sql`, their previous point looked for up to
+    ``max(step, 5 min)`` before the window. When the step is a whole number of 5-minute buckets, the part of
+    the window before ``histograms_to`` (see :mod:`ingest.retention`) is read from the histogram rollups
+    instead: hourly rows for whole-hour steps, 5-minute rows otherwise. A rollup row lies inside one step.
+    """
+    gsel = "".join(f", {e} AS g{i}" for i, e in enumerate(group_exprs))
+    lookback = max(w.step_us, COUNTER_LOOKBACK // timedelta(microseconds=1))
+    step = p(w.step_us, "BIGINT")
+    in_sel = "series_id IN (SELECT series_id FROM sel)"
+    state = rollup_state(store.cursor())
+    bound = state.histograms_to if state is not None else None
+    split = w.lo
+    rolled = ""
+    if bound is not None and w.step_us % HISTOGRAM_ROLLUPS[0][1] == 0 and bound > w.lo:
+        split = min(bound, w.hi)
+        table = HISTOGRAM_ROLLUPS[1 if w.step_us % HISTOGRAM_ROLLUPS[1][1] == 0 else 0][0]
+        rolled = f"""
+            UNION ALL
+            SELECT series_id, ts, epoch_us(ts) // {step} AS b, bounds, counts AS inc, sum AS dsum, count AS dcount
+            FROM {table} WHERE ts >= {p(w.lo)} AND ts < {p(split)} AND {in_sel}"""
+    source = f"ts >= {p(_from_us(_epoch_us(split) - lookback))} AND ts < {p(w.hi)} AND {in_sel}"
+    return f"""
+        sel AS MATERIALIZED (SELECT s.series_id{gsel} FROM series s WHERE {where}),
+        {histogram_increments_sql(source, f"ts >= {p(split)}")},
+        e AS (
+            SELECT series_id, ts, epoch_us(ts) // {step} AS b, bounds, inc, dsum, dcount FROM d{rolled}
         )"""
 
 
@@ -1040,14 +1073,14 @@ def histogram_quantiles(
     group_exprs = [_label_expr(p, g, missing_as_empty=False) for g in group_by]
     gcols = "".join(f", g{i}" for i in range(len(group_by)))
     part = f"PARTITION BY b{gcols}"
-    incs = _histogram_increments_sql(where, p, w, group_exprs)
+    incs = _histogram_increments_sql(store, where, p, w, group_exprs)
     sql = f"""
         WITH {incs},
         per_bucket AS (  -- increments summed per step, group, bucket layout (by hash) and upper bound
             SELECT d.b{gcols}, layout, le, sum(c) AS c FROM (
                 SELECT series_id, b, hash(bounds) AS layout, unnest(list_append(bounds, 'inf'::DOUBLE)) AS le,
                     unnest(inc) AS c
-                FROM d WHERE inc IS NOT NULL
+                FROM e WHERE inc IS NOT NULL
             ) d JOIN sel USING (series_id) GROUP BY ALL
         ),
         layout_cum AS (  -- cumulative count at each upper bound of each layout
@@ -1120,11 +1153,11 @@ def histogram_mean(
     where, p, w = planned
     group_exprs = [_label_expr(p, g, missing_as_empty=False) for g in group_by]
     gcols = "".join(f", g{i}" for i in range(len(group_by)))
-    incs = _histogram_increments_sql(where, p, w, group_exprs)
+    incs = _histogram_increments_sql(store, where, p, w, group_exprs)
     sql = f"""
         WITH {incs},
         agg AS (
-            SELECT b{gcols}, sum(dsum) AS s, sum(dcount) AS n FROM d JOIN sel USING (series_id)
+            SELECT b{gcols}, sum(dsum) AS s, sum(dcount) AS n FROM e JOIN sel USING (series_id)
             WHERE dcount IS NOT NULL GROUP BY ALL
         )
         SELECT make_timestamp(b * {p(w.step_us, "BIGINT")}) AS ts{gcols}, s / n AS value, n AS count

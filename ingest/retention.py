@@ -29,12 +29,16 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from ingest.queries import histogram_increments_sql
 from ingest.store import RollupState, Store, rollup_state
 
 #: how long after an hour ends a rollup pass waits before rolling it (points of all series have come in)
 GRACE = timedelta(minutes=10)
 #: how far back the last rolled value of a counter is looked for to link its first remaining raw sample
 PREDECESSOR_LOOKBACK = timedelta(days=1)
+#: how far before the hours a rollup pass rolls a histogram series' previous point is looked for (a
+#: cumulative histogram's first point after a longer gap has no increment, as in a query)
+HISTOGRAM_LOOKBACK = timedelta(hours=1)
 
 _HOUR_US = 3_600_000_000
 _FIVE_MIN_US = 300_000_000
@@ -145,32 +149,69 @@ FROM _retention_inc GROUP BY series_id, {bucket}
 #: such hour: their rollups from that hour to ``rolled_to`` are rebuilt from the raw points
 _DIRTY = """
 CREATE OR REPLACE TEMP TABLE _rollup_redo AS
-SELECT series_id, min(hour) AS hour FROM rollup_dirty
-WHERE hour < $rolled_to AND ($raw_from IS NULL OR hour >= $raw_from)
-GROUP BY series_id
+SELECT d.series_id, min(d.hour) AS hour FROM rollup_dirty d JOIN series s USING (series_id)
+WHERE s.kind <> 'histogram' AND d.hour < $rolled_to AND ($raw_from IS NULL OR d.hour >= $raw_from)
+GROUP BY d.series_id
+"""
+#: the same for histogram series and their rollups (up to ``histograms_to``)
+_HIST_DIRTY = """
+CREATE OR REPLACE TEMP TABLE _rollup_redo AS
+SELECT d.series_id, min(d.hour) AS hour FROM rollup_dirty d JOIN series s USING (series_id)
+WHERE s.kind = 'histogram' AND d.hour < $to
+GROUP BY d.series_id
+"""
+# Histogram rollups: the increments of the points chosen (``{ctes}``, see ``histogram_increments_sql``), then
+# per series, bucket and bucket layout the sums of the increments, element by element for the bucket counts
+_HIST_INC = """
+CREATE OR REPLACE TEMP TABLE _hist_inc AS
+WITH {ctes}
+SELECT series_id, ts, bounds, inc, dsum, dcount FROM d WHERE inc IS NOT NULL
+"""
+_HIST_SUM = """
+CREATE OR REPLACE TEMP TABLE {out} AS
+WITH src AS (
+    SELECT series_id, epoch_us(ts) // {width} AS b, hash(bounds) AS layout, bounds, inc, dsum, dcount FROM {source}
+),
+tot AS (
+    SELECT series_id, b, layout, any_value(bounds) AS bounds, sum(dsum) AS s, sum(dcount) AS n
+    FROM src GROUP BY series_id, b, layout
+),
+per AS (
+    SELECT series_id, b, layout, i, sum(c) AS c
+    FROM (SELECT series_id, b, layout, unnest(inc) AS c, unnest(range(len(inc))) AS i FROM src)
+    GROUP BY series_id, b, layout, i
+),
+lists AS (SELECT series_id, b, layout, list(c ORDER BY i) AS counts FROM per GROUP BY series_id, b, layout)
+SELECT series_id, make_timestamp(b * {width}) AS ts, bounds, counts AS inc, s AS dsum, n AS dcount
+FROM tot JOIN lists USING (series_id, b, layout)
 """
 
 
 def _set_state(cur: Any, state: RollupState) -> None:
     cur.execute(
         """
-        INSERT INTO rollup_state (id, raw_from, rolled_to, updated) VALUES (1, $raw_from, $rolled_to, now())
+        INSERT INTO rollup_state (id, raw_from, rolled_to, histograms_to, updated)
+        VALUES (1, $raw_from, $rolled_to, $histograms_to, now())
         ON CONFLICT (id) DO UPDATE SET raw_from = excluded.raw_from, rolled_to = excluded.rolled_to,
-            updated = excluded.updated
+            histograms_to = excluded.histograms_to, updated = excluded.updated
         """,
-        {"raw_from": state.raw_from, "rolled_to": state.rolled_to},
+        {"raw_from": state.raw_from, "rolled_to": state.rolled_to, "histograms_to": state.histograms_to},
     )
 
 
 @dataclass(frozen=True)
 class RollupReport:
-    """What one :func:`roll_up_recent` pass did: rollup rows written, series whose late points made their
-    rollups be rebuilt, and the hour boundary the rollups now reach (``None``: no points yet)."""
+    """What one :func:`roll_up_recent` pass did: rollup rows written (of points and of histograms), series
+    whose late points made their rollups be rebuilt, and the hour boundaries the rollups now reach (``None``:
+    no points / histogram points yet)."""
 
     rolled_5m: int
     rolled_1h: int
     rebuilt_series: int
     rolled_to: datetime | None
+    histograms_5m: int = 0
+    histograms_1h: int = 0
+    histograms_to: datetime | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (datetimes as ISO 8601 strings)."""
@@ -225,9 +266,12 @@ def apply_retention(
     # one write transaction, serialised with the store's appends: a retention run never interleaves with a batch
     with store.write_transaction() as cur:
         counts = _roll_up(cur, cutoff)
+        if histograms_max_age is not None:
+            _roll_up_histograms(cur, now - histograms_max_age, now)
         deleted_5m = 0
         if cutoff_5m is not None:
             deleted_5m = _count(cur, "DELETE FROM points_5m WHERE ts < $c", {"c": cutoff_5m})
+            cur.execute("DELETE FROM histograms_5m WHERE ts < $c", {"c": cutoff_5m})
         extra = {}
         for field, (table, col, age) in others.items():
             if age is not None:
@@ -262,30 +306,80 @@ def _add(total: dict[str, int], part: dict[str, int]) -> None:
         total[k] = total.get(k, 0) + v
 
 
+def _roll_histograms(cur: Any, source: str, keep: str, params: dict[str, Any]) -> dict[str, int]:
+    """Roll the increments of the histogram points kept (``source``/``keep``, see
+    :func:`ingest.queries.histogram_increments_sql`) into ``histograms_5m`` and ``histograms_1h`` (inside a
+    transaction); the hourly rows are the sums of the 5-minute ones."""
+    cur.execute(_HIST_INC.format(ctes=histogram_increments_sql(source, keep)), params)
+    cur.execute(_HIST_SUM.format(out="_hist_5m", width=_FIVE_MIN_US, source="_hist_inc"))
+    cur.execute(_HIST_SUM.format(out="_hist_1h", width=_HOUR_US, source="_hist_5m"))
+    out = {}
+    for table, tmp in (("histograms_5m", "_hist_5m"), ("histograms_1h", "_hist_1h")):  # fixed names
+        out[table] = _count(
+            cur,
+            f"INSERT INTO {table} (series_id, ts, bounds, counts, sum, count) "
+            f"SELECT series_id, ts, bounds, inc, dsum, dcount FROM {tmp}",
+        )
+    for tmp in ("_hist_inc", "_hist_5m", "_hist_1h"):
+        cur.execute(f"DROP TABLE IF EXISTS {tmp}")
+    return out
+
+
+def _roll_histogram_hours(cur: Any, lo: datetime | None, to: datetime) -> dict[str, int]:
+    """Roll every histogram point in ``[lo, to)`` (from the first when ``lo`` is None)."""
+    if lo is None:
+        return _roll_histograms(cur, "h.ts < $to", "TRUE", {"to": to})
+    params = {"pre": lo - HISTOGRAM_LOOKBACK, "lo": lo, "to": to}
+    return _roll_histograms(cur, "h.ts >= $pre AND h.ts < $to", "ts >= $lo", params)
+
+
 def _redo_dirty(cur: Any, state: RollupState | None) -> tuple[dict[str, int], int]:
     """Rebuild the rollups of series with late points in rolled hours whose raw points still exist (from the
-    first such hour to ``rolled_to``: a counter's increase after a late sample changes too); late points older
-    than ``raw_from`` are retention's to discard or roll up. Empties ``rollup_dirty``."""
+    first such hour to ``rolled_to``, or ``histograms_to`` for histograms: a counter's increase after a late
+    sample changes too); late points older than ``raw_from`` are retention's to discard or roll up, late
+    histogram points older than the oldest raw histogram hour are ignored. Empties ``rollup_dirty``."""
     total: dict[str, int] = {}
     redone = 0
     if state is not None and state.rolled_to is not None:
         cur.execute(_DIRTY, {"rolled_to": state.rolled_to, "raw_from": state.raw_from})
         redone = _count(cur, "SELECT count(*) FROM _rollup_redo")
         if redone:
-            for table in ("points_5m", "points_1h"):  # fixed names
-                cur.execute(
-                    f"DELETE FROM {table} t USING _rollup_redo d "
-                    "WHERE t.series_id = d.series_id AND t.ts >= d.hour AND t.ts < $to",
-                    {"to": state.rolled_to},
-                )
+            _delete_redo(cur, ("points_5m", "points_1h"), state.rolled_to)
             where = (
                 "p.ts < $to AND EXISTS (SELECT 1 FROM _rollup_redo d "
                 "WHERE d.series_id = p.series_id AND p.ts >= d.hour)"
             )
             _add(total, _roll(cur, where, {"to": state.rolled_to}, seal=None))
         cur.execute("DROP TABLE IF EXISTS _rollup_redo")
+    if state is not None and state.histograms_to is not None:
+        cur.execute(_HIST_DIRTY, {"to": state.histograms_to})
+        # hours whose raw histograms retention deleted keep their rollups
+        oldest = cur.execute(
+            "SELECT date_trunc('hour', min(ts)) + INTERVAL 1 HOUR FROM histograms"
+        ).fetchall()
+        cur.execute("DELETE FROM _rollup_redo WHERE hour < $oldest", {"oldest": oldest[0][0]})
+        n = _count(cur, "SELECT count(*) FROM _rollup_redo")
+        if n:
+            redone += n
+            _delete_redo(cur, ("histograms_5m", "histograms_1h"), state.histograms_to)
+            first = cur.execute("SELECT min(hour) FROM _rollup_redo").fetchall()[0][0]
+            source = "h.ts >= $pre AND h.ts < $to AND h.series_id IN (SELECT series_id FROM _rollup_redo)"
+            keep = "EXISTS (SELECT 1 FROM _rollup_redo d WHERE d.series_id = h.series_id AND h.ts >= d.hour)"
+            params = {"pre": first - HISTOGRAM_LOOKBACK, "to": state.histograms_to}
+            _add(total, _roll_histograms(cur, source, keep, params))
+        cur.execute("DROP TABLE IF EXISTS _rollup_redo")
     cur.execute("DELETE FROM rollup_dirty")
     return total, redone
+
+
+def _delete_redo(cur: Any, tables: tuple[str, str], to: datetime) -> None:
+    """Delete the rollup rows of the series in ``_rollup_redo`` from their first late hour to ``to``."""
+    for table in tables:  # fixed names
+        cur.execute(
+            f"DELETE FROM {table} t USING _rollup_redo d "
+            "WHERE t.series_id = d.series_id AND t.ts >= d.hour AND t.ts < $to",
+            {"to": to},
+        )
 
 
 def roll_up_recent(store: Store, *, now: datetime | None = None, grace: timedelta = GRACE) -> RollupReport:
@@ -300,10 +394,10 @@ def roll_up_recent(store: Store, *, now: datetime | None = None, grace: timedelt
     """
     now = _naive_utc(now) if now is not None else datetime.now(UTC).replace(tzinfo=None)
     with store.write_transaction() as cur:
-        state = rollup_state(cur)
+        state = rollup_state(cur) or RollupState(None, None)
         totals, redone = _redo_dirty(cur, state)
         latest = cur.execute("SELECT max(ts) FROM points WHERE ts <= $now", {"now": now}).fetchall()[0][0]
-        start = state.rolled_to if state is not None else None
+        start = state.rolled_to
         to = _floor_hour(latest - grace) if latest is not None else None
         if to is not None and (start is None or to > start):
             where, params = (
@@ -313,14 +407,34 @@ def roll_up_recent(store: Store, *, now: datetime | None = None, grace: timedelt
             )
             # hours rolled by a retention run before rollup_state existed stay as they are
             _add(totals, _roll(cur, where, params, seal=(start or datetime.min, to)))
-            state = RollupState(state.raw_from if state else None, to)
+            state = RollupState(state.raw_from, to, state.histograms_to)
+        latest = cur.execute("SELECT max(ts) FROM histograms WHERE ts <= $now", {"now": now}).fetchall()[0][0]
+        start = state.histograms_to
+        to = _floor_hour(latest - grace) if latest is not None else None
+        if to is not None and (start is None or to > start):
+            _add(totals, _roll_histogram_hours(cur, start, to))
+            state = RollupState(state.raw_from, state.rolled_to, to)
+        if state != RollupState(None, None):
             _set_state(cur, state)
     return RollupReport(
         totals.get("rolled_5m", 0),
         totals.get("rolled_1h", 0),
         redone,
-        state.rolled_to if state is not None else None,
+        state.rolled_to,
+        totals.get("histograms_5m", 0),
+        totals.get("histograms_1h", 0),
+        state.histograms_to,
     )
+
+
+def _roll_up_histograms(cur: Any, deleting: datetime, now: datetime) -> None:
+    """Before retention deletes histogram points older than ``deleting``: roll the hours up to the end of the
+    one it falls in, when that hour is complete (``GRACE`` ago), so the histogram rollups keep them."""
+    state = rollup_state(cur) or RollupState(None, None)
+    to = min(_floor_hour(deleting) + timedelta(hours=1), _floor_hour(now - GRACE))
+    if state.histograms_to is None or to > state.histograms_to:
+        _roll_histogram_hours(cur, state.histograms_to, to)
+        _set_state(cur, RollupState(state.raw_from, state.rolled_to, to))
 
 
 def _roll_up(cur: Any, cutoff: datetime) -> dict[str, int]:
@@ -346,7 +460,10 @@ def _roll_up(cur: Any, cutoff: datetime) -> dict[str, int]:
         _add(totals, _roll(cur, "p.ts >= $lo AND p.ts < $hi", params, seal=(datetime.min, cutoff)))
     deleted = _count(cur, "DELETE FROM points WHERE ts < $cutoff", {"cutoff": cutoff})
     raw_from = max(cutoff, deleted_from) if deleted_from is not None else cutoff
-    _set_state(cur, RollupState(raw_from, max(cutoff, rolled_to) if rolled_to is not None else cutoff))
+    histograms_to = state.histograms_to if state is not None else None
+    _set_state(
+        cur, RollupState(raw_from, max(cutoff, rolled_to) if rolled_to is not None else cutoff, histograms_to)
+    )
     return {
         "rolled_5m": totals.get("rolled_5m", 0),
         "rolled_1h": totals.get("rolled_1h", 0),

@@ -134,23 +134,26 @@ class RollupState:
 
     ``raw_from``: raw points before it were deleted by retention (``None``: never); ``rolled_to``: every raw
     point before it is represented in ``points_5m`` and ``points_1h`` (``None``: nothing rolled yet), except late
-    arrivals listed in ``rollup_dirty`` that the next rollup pass takes in. Both sit on hour boundaries.
+    arrivals listed in ``rollup_dirty`` that the next rollup pass takes in; ``histograms_to``: the same for
+    histogram points in ``histograms_5m`` and ``histograms_1h``. All sit on hour boundaries.
     """
 
     raw_from: datetime | None
     rolled_to: datetime | None
+    histograms_to: datetime | None = None
 
 
 def rollup_state(cur: Any) -> RollupState | None:
     """The store's rollup state (``None`` before any rollup pass or retention run)."""
-    rows = cur.execute("SELECT raw_from, rolled_to FROM rollup_state WHERE id = 1").fetchall()
+    rows = cur.execute("SELECT raw_from, rolled_to, histograms_to FROM rollup_state WHERE id = 1").fetchall()
     return RollupState(*rows[0]) if rows else None
 
 
-def _mark_late(cur: duckdb.DuckDBPyConnection, lo: Any) -> None:
+def _mark_late(cur: duckdb.DuckDBPyConnection, lo: Any, part: str) -> None:
     state = rollup_state(cur)
-    if state is not None and state.rolled_to is not None and lo < state.rolled_to:
-        cur.execute(_LATE, {"to": state.rolled_to})
+    bound = None if state is None else state.histograms_to if part == "histograms" else state.rolled_to
+    if bound is not None and lo < bound:
+        cur.execute(_LATE, {"to": bound})
 
 
 _TIME_COL = {"points": "ts", "histograms": "ts", "spans": "start", "logs": "ts"}
@@ -295,8 +298,8 @@ class Store:
                     col = frame.get_column(_TIME_COL[part])
                     params = {"lo": col.min(), "hi": col.max()}
                 rows = cur.execute(_INSERT[part], params or None).fetchall()
-                if part == "points":
-                    _mark_late(cur, params["lo"])
+                if part in ("points", "histograms"):
+                    _mark_late(cur, params["lo"], part)
                 cur.unregister("b")
                 if part != "series":
                     result.inserted[part] = int(rows[0][0]) if rows else 0
@@ -325,6 +328,8 @@ class Store:
         known = {t for t, _ in schema.TABLES.values()} | {
             "points_5m",
             "points_1h",
+            "histograms_5m",
+            "histograms_1h",
             "anomalies",
             "incidents",
             "forecasts",
