@@ -213,8 +213,12 @@ def layout(
 
 
 #: the light template as plain JSON, looked up once: a dict figure skips plotly's validation of every
-#: property (and its copy of the whole template), a third of a panel's time with eleven panels at once
-_TEMPLATE = pio.templates["plotly_white"].to_plotly_json()
+#: property (and its copy of the whole template), a third of a panel's time with eleven panels at once. Only
+#: its layout and scatter defaults: the panels draw nothing else, and the browser parses the rest per figure
+_TEMPLATE = {
+    key: value if key == "layout" else {"scatter": value["scatter"]}
+    for key, value in pio.templates["plotly_white"].to_plotly_json().items()
+}
 
 
 def _figure(traces: list[dict[str, Any]], layout: dict[str, Any]) -> dict[str, Any]:
