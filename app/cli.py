@@ -225,66 +225,32 @@ def cmd_rollup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_runs(args: argparse.Namespace) -> dict[str, tuple[str, str, Callable[[], dict[str, Any]]]]:
+    """Per benchmark: its module, its function and the keyword arguments (with its defaults) from the options."""
+    workdir = Path(args.workdir) if args.workdir else None
+    return {
+        "app": ("app.bench_app", "bench_app", lambda: dict(
+            series=args.series or 5000, days=args.days or 30.0, workdir=workdir, keep=args.keep)),
+        "forecast": ("app.bench_forecast", "bench_forecast", lambda: dict(
+            series=args.series or 1000, days=int(args.days or 90))),
+        "detect": ("app.bench_detect", "bench_detect", lambda: dict(
+            series=args.series or 10_000, days=args.days or 7.0, nab_root=_shared_data() / "NAB")),
+        "rca": ("app.bench_rca", "bench_rca", lambda: dict(
+            series=args.series or 100_000, days=args.days or 7.0, workdir=workdir, keep=args.keep)),
+        "serve": ("app.bench_serve", "bench_serve", lambda: dict(
+            series=args.series or 10_000, seconds=args.seconds, rate=args.rate,
+            detect_interval=args.detect_interval, workdir=workdir)),
+        "ingest": ("app.bench", "bench_ingest", lambda: dict(points=args.points, big_points=args.big_points)),
+    }  # fmt: skip
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
-    if args.what == "app":
-        from app.bench_app import bench_app
+    import importlib
 
-        out = Path(args.out if args.out != "bench-results/ingest.json" else "bench-results/app.json")
-        results = bench_app(
-            series=args.series or 5000,
-            days=args.days or 30.0,
-            out=out,
-            workdir=Path(args.workdir) if args.workdir else None,
-            keep=args.keep,
-        )
-        emit(results, args.format, lambda r: r["summary"])
-        return 0
-    if args.what == "forecast":
-        from app.bench_forecast import bench_forecast
-
-        out = Path(args.out if args.out != "bench-results/ingest.json" else "bench-results/forecast.json")
-        results = bench_forecast(series=args.series or 1000, days=int(args.days or 90), out=out)
-        emit(results, args.format, lambda r: r["summary"])
-        return 0
-    if args.what == "detect":
-        from app.bench_detect import bench_detect
-
-        out = Path(args.out if args.out != "bench-results/ingest.json" else "bench-results/detect.json")
-        results = bench_detect(
-            series=args.series or 10_000, days=args.days or 7.0, out=out, nab_root=_shared_data() / "NAB"
-        )
-        emit(results, args.format, lambda r: r["summary"])
-        return 0
-    if args.what == "rca":
-        from app.bench_rca import bench_rca
-
-        out = Path(args.out if args.out != "bench-results/ingest.json" else "bench-results/rca.json")
-        results = bench_rca(
-            series=args.series or 100_000,
-            days=args.days or 7.0,
-            out=out,
-            workdir=Path(args.workdir) if args.workdir else None,
-            keep=args.keep,
-        )
-        emit(results, args.format, lambda r: r["summary"])
-        return 0
-    if args.what == "serve":
-        from app.bench_serve import bench_serve
-
-        out = Path(args.out if args.out != "bench-results/ingest.json" else "bench-results/serve.json")
-        results = bench_serve(
-            series=args.series or 10_000,
-            seconds=args.seconds,
-            rate=args.rate,
-            detect_interval=args.detect_interval,
-            out=out,
-            workdir=Path(args.workdir) if args.workdir else None,
-        )
-        emit(results, args.format, lambda r: r["summary"])
-        return 0
-    from app.bench import bench_ingest
-
-    results = bench_ingest(points=args.points, big_points=args.big_points, out=Path(args.out))
+    module, function, kwargs = _bench_runs(args)[args.what]
+    # each benchmark writes bench-results/<what>.json unless --out names another file
+    out = args.out if args.out != "bench-results/ingest.json" else f"bench-results/{args.what}.json"
+    results = getattr(importlib.import_module(module), function)(**kwargs(), out=Path(out))
     emit(results, args.format, lambda r: r["summary"])
     return 0
 
