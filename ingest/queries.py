@@ -343,10 +343,34 @@ def service_overview(store: Store) -> pl.DataFrame:
 
     Spans and logs are counted over the last 24 hours of data, so the overview stays cheap on a big store.
     """
-    sql = """
+    state = rollup_state(store.cursor())
+    p = _Params()
+    bound = p(state.rolled_to if state is not None else None, "TIMESTAMP")
+    # the last point of a service: among raw points after the rollups' bound (all of them without rollups);
+    # a service with none there has its last hourly rollup row, and its last point is in that hour (raw, or
+    # the start of its last 5-minute row there once retention deleted the raw points)
+    sql = f"""
         WITH s AS (SELECT service, count(*) AS series, count(DISTINCT metric) AS metrics FROM series GROUP BY 1),
+        recent AS (
+            SELECT se.service, max(p.ts) AS last_point FROM points p JOIN series se USING (series_id)
+            WHERE {bound} IS NULL OR p.ts >= {bound} GROUP BY 1
+        ),
+        stale AS (
+            SELECT se.service, max(h.ts) AS hour FROM points_1h h JOIN series se USING (series_id)
+            WHERE {bound} IS NOT NULL AND se.service NOT IN (SELECT service FROM recent) GROUP BY 1
+        ),
+        in_hour AS (
+            SELECT st.service, max(x.ts) AS last_point
+            FROM stale st JOIN series se ON se.service = st.service
+            JOIN (
+                SELECT series_id, ts FROM points WHERE ts < {bound}
+                UNION ALL SELECT series_id, ts FROM points_5m WHERE ts < {bound}
+            ) x ON x.series_id = se.series_id AND x.ts >= st.hour AND x.ts < st.hour + INTERVAL 1 HOUR
+            GROUP BY 1
+        ),
         lp AS (
-            SELECT se.service, max(p.ts) AS last_point FROM points p JOIN series se USING (series_id) GROUP BY 1
+            SELECT * FROM recent
+            UNION ALL SELECT st.service, coalesce(i.last_point, st.hour) FROM stale st LEFT JOIN in_hour i USING (service)
         ),
         horizon AS (SELECT coalesce(max(start), TIMESTAMP '1970-01-01') - INTERVAL 1 DAY AS since FROM spans),
         sp AS (
@@ -367,7 +391,7 @@ def service_overview(store: Store) -> pl.DataFrame:
         LEFT JOIN ev USING (service) LEFT JOIN lp USING (service)
         ORDER BY names.service
     """
-    return _frame(store, sql)
+    return _frame(store, sql, p)
 
 
 def metrics(store: Store, service: str | None = None) -> pl.DataFrame:

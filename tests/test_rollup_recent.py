@@ -179,3 +179,25 @@ def test_retention_after_recent_rollups_deletes_raw_without_rolling_again(loaded
     assert (
         q.resample(store, **fine).equals(got_fine) and got_fine.height > 0
     )  # no rollup read after the cutoff
+
+
+def test_overview_last_point_reads_rollups_for_services_gone_quiet(loaded):
+    store, _ = loaded
+    b = MetricBuilder("old")
+    sid = b.series("gpu_util", "old-svc", "gauge", "%", {})
+    last = T0 + timedelta(hours=1, minutes=17, seconds=42)
+    for ts in (T0 + timedelta(minutes=3), T0 + timedelta(hours=1, minutes=2), last):
+        b.point(sid, ns(ts), 1.0, "old")
+    store.append(b.build())
+
+    def last_points():
+        frame = q.service_overview(store)
+        return dict(zip(frame["service"], frame["last_point"], strict=True))
+
+    raw = last_points()
+    assert raw["old-svc"] == last and raw["api"] > ROLLED_TO
+    roll_up_recent(store, now=NOW)
+    assert last_points() == raw  # the quiet service from its last hourly row and the raw points in that hour
+    apply_retention(store, raw_max_age=timedelta(hours=3), now=NOW)
+    # its raw points are gone: the start of its last 5-minute row
+    assert last_points() == {**raw, "old-svc": T0 + timedelta(hours=1, minutes=15)}
