@@ -22,9 +22,10 @@ gives the same incidents.
 from __future__ import annotations
 
 import os
+import pickle
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -328,7 +329,7 @@ def _prepare(
     pl.DataFrame | None,
 ]:
     """Everything scoring a batch needs, read from the store: new points, states, history for refits."""
-    states = results.load_states(store, batch)
+    states = results.load_states(store, batch, pickled=True)  # unpickled where they are scored
     since = {sid: (states[sid].scored_until if sid in states else None) for sid in batch}
     frame = _read_points(store, since, meta, config)
     # the one place that decides which batch members are refitted (their fit is older than the detector's
@@ -339,7 +340,7 @@ def _prepare(
     if needs is not None and states and scored.height:
         last = scored.group_by("series_id").agg(pl.col("ts").max())
         last_us = {int(k): _epoch_us(v) for k, v in last.iter_rows()}
-        due = [s for s in batch if s in states and s in last_us and needs(states[s].state, last_us[s])]
+        due = [s for s in batch if s in states and s in last_us and needs(_fitted_us(states[s]), last_us[s])]
         if due:
             until = last.filter(pl.col("series_id").is_in(due))["ts"].max()
             history = _read_points(store, dict.fromkeys(due, until - config.history), meta, config)
@@ -350,6 +351,22 @@ def _epoch_us(ts: datetime) -> int:
     return (ts - datetime(1970, 1, 1)) // timedelta(microseconds=1)
 
 
+def _fitted_us(state: results.SeriesState) -> int:
+    """When the series' batch member was last fitted (``fitted_until``: the last point it was fitted on)."""
+    return _epoch_us(state.fitted_until) if state.fitted_until is not None else 0
+
+
+def _unpickled(states: dict[int, results.SeriesState]) -> dict[int, results.SeriesState]:
+    return {
+        sid: replace(
+            st,
+            state=st.state.load() if isinstance(st.state, results.Pickled) else st.state,
+            alarm=st.alarm.load() if isinstance(st.alarm, results.Pickled) else st.alarm,
+        )
+        for sid, st in states.items()
+    }
+
+
 def _score_job(
     frame: pl.DataFrame,
     batch: list[int],
@@ -358,10 +375,18 @@ def _score_job(
     config: DetectConfig,
     refit_history: pl.DataFrame | None,
 ) -> tuple[dict[int, results.SeriesState], pl.DataFrame, list[Episode], int]:
-    """Score one batch (runs in a worker process): new states, anomalies, alarm episodes, points scored."""
+    """Score one batch (runs in a worker process): new states (pickled here, as they are stored), anomalies,
+    alarm episodes, points scored."""
     report = DetectReport()
-    new_states, anomalies, episodes = _score_batch(frame, batch, meta, states, config, report, refit_history)
-    return new_states, anomalies, episodes, report.points
+    new_states, anomalies, episodes = _score_batch(
+        frame, batch, meta, _unpickled(states), config, report, refit_history
+    )
+    stored = {
+        sid: replace(st, state=results.Pickled(pickle.dumps(st.state, protocol=5)),
+                     alarm=results.Pickled(pickle.dumps(st.alarm, protocol=5)))
+        for sid, st in new_states.items()
+    }  # fmt: skip
+    return stored, anomalies, episodes, report.points
 
 
 AGGREGATE_LABEL = "aggregate"

@@ -178,9 +178,10 @@ class EnsembleDetector(Detector):
         """:meth:`score` then :meth:`update`, in one pass per series."""
         return self._score_update_each(frame)
 
-    def needs_refit(self, state: EnsembleState, now_us: int) -> bool:
-        """True when the batch member is older than ``refit_every_days`` (``rootwise detect`` refits it)."""
-        return now_us - state.last_fit_us >= self.refit_every_days * DAY_US
+    def needs_refit(self, last_fit_us: int, now_us: int) -> bool:
+        """True when the batch member, fitted on points up to ``last_fit_us`` (the state's ``last_fit_us``,
+        which ``rootwise detect`` stores as ``fitted_until``), is older than ``refit_every_days``."""
+        return now_us - last_fit_us >= self.refit_every_days * DAY_US
 
     def score_online(self, frame: pl.DataFrame, *, warmup: int = 200, refit_every: int = 0) -> pl.DataFrame:
         """Causal scores: the streaming member runs once; the seasonal member is refitted on the prefix every

@@ -21,9 +21,21 @@ from ingest import schema
 from ingest.store import Store
 
 
+class Pickled(bytes):
+    """A state or alarm as stored (pickled): detection passes these through unread, so a state is unpickled
+    once where it is scored (a worker process) and pickled once there, not again on each hop."""
+
+    def load(self) -> Any:
+        return pickle.loads(self)
+
+
+def _blob(value: Any) -> bytes:
+    return value if isinstance(value, Pickled) else pickle.dumps(value, protocol=5)
+
+
 @dataclass(frozen=True)
 class SeriesState:
-    """What detection remembers per series between runs."""
+    """What detection remembers per series between runs (``state``/``alarm``: objects, or :class:`Pickled`)."""
 
     detector: str
     state: Any
@@ -50,8 +62,9 @@ def detection_catalog(store: Store) -> pl.DataFrame:
     return df.cast(pl.Schema(schema.SERIES)) if df.height else pl.DataFrame(schema=schema.SERIES)
 
 
-def load_states(store: Store, series_ids: Sequence[int]) -> dict[int, SeriesState]:
-    """Fitted state of the given series (series never detected are absent)."""
+def load_states(store: Store, series_ids: Sequence[int], *, pickled: bool = False) -> dict[int, SeriesState]:
+    """Fitted state of the given series (series never detected are absent); with ``pickled``, ``state`` and
+    ``alarm`` stay as stored (:class:`Pickled`)."""
     ids = [int(i) for i in series_ids]
     if not ids:
         return {}
@@ -64,12 +77,13 @@ def load_states(store: Store, series_ids: Sequence[int]) -> dict[int, SeriesStat
         )
         .fetchall()
     )
-    return {
-        int(r[0]): SeriesState(
-            r[1], pickle.loads(r[2]) if r[2] else None, pickle.loads(r[3]) if r[3] else None, r[4], r[5]
-        )
-        for r in rows
-    }
+
+    def read(blob: bytes | None) -> Any:
+        if not blob:
+            return None
+        return Pickled(blob) if pickled else pickle.loads(blob)
+
+    return {int(r[0]): SeriesState(r[1], read(r[2]), read(r[3]), r[4], r[5]) for r in rows}
 
 
 def points_since(
@@ -96,9 +110,12 @@ def points_since(
     cur.complete()
     cur.register("rootwise_watermarks", w)
     try:
+        # the earliest watermark as a plain filter too: the scan skips the row groups before it (zone maps on
+        # ts), so an incremental run reads the new points, not the whole table
         df = cur.sql(
             f"SELECT {cols} FROM {table} p JOIN rootwise_watermarks w "
-            "ON p.series_id = w.series_id AND p.ts > w.since ORDER BY p.series_id, p.ts"
+            "ON p.series_id = w.series_id AND p.ts > w.since WHERE p.ts > $earliest ORDER BY p.series_id, p.ts",
+            params={"earliest": min(v or floor for v in since.values())},
         ).pl()
     finally:
         cur.unregister("rootwise_watermarks")
@@ -208,8 +225,8 @@ def save_detection(
                 {
                     "series_id": list(states),
                     "detector": [s.detector for s in states.values()],
-                    "state": [pickle.dumps(s.state, protocol=5) for s in states.values()],
-                    "alarm": [pickle.dumps(s.alarm, protocol=5) for s in states.values()],
+                    "state": [_blob(s.state) for s in states.values()],
+                    "alarm": [_blob(s.alarm) for s in states.values()],
                     "scored_until": [s.scored_until for s in states.values()],
                     "fitted_until": [s.fitted_until for s in states.values()],
                     "updated": [now] * len(states),

@@ -88,6 +88,24 @@ def test_incremental_run_scores_only_new_points_and_resolves(store: Store) -> No
     assert after["id"] == inc["id"] and after["status"] == "resolved"
 
 
+def test_states_travel_pickled_and_are_stored_as_the_scorer_pickled_them(store: Store) -> None:
+    import pickle
+
+    from ingest.results import Pickled, load_states, save_detection
+
+    store.append(_fleet(1440))
+    run_detection(store)
+    sids = [r[0] for r in store.cursor().execute("SELECT series_id FROM detector_state").fetchall()]
+    plain, raw = load_states(store, sids), load_states(store, sids, pickled=True)
+    assert len(plain) == 8 and all(isinstance(raw[s].state, Pickled) for s in sids)
+    assert all(pickle.dumps(raw[s].state.load(), 5) == pickle.dumps(plain[s].state, 5) for s in sids)
+    # written back untouched: the stored bytes are exactly what was read
+    before = dict(store.cursor().execute("SELECT series_id, state FROM detector_state").fetchall())
+    save_detection(store, states=raw, anomalies=pl.DataFrame(), detector="ensemble", incidents=[], now=START)
+    after = dict(store.cursor().execute("SELECT series_id, state FROM detector_state").fetchall())
+    assert after == before
+
+
 def test_acknowledged_state_survives_detection(store: Store) -> None:
     store.append(_fleet(2 * 1440 + 600))
     run_detection(store)
