@@ -22,7 +22,6 @@ gives the same incidents.
 from __future__ import annotations
 
 import os
-import pickle
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -382,10 +381,9 @@ def _score_job(
         frame, batch, meta, _unpickled(states), config, report, refit_history
     )
     stored = {
-        sid: replace(st, state=results.Pickled(pickle.dumps(st.state, protocol=5)),
-                     alarm=results.Pickled(pickle.dumps(st.alarm, protocol=5)))
+        sid: replace(st, state=results.Pickled.of(st.state), alarm=results.Pickled.of(st.alarm))
         for sid, st in new_states.items()
-    }  # fmt: skip
+    }
     return stored, anomalies, episodes, report.points
 
 
