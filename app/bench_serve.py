@@ -110,6 +110,7 @@ def bench_serve(
     out: Path,
     workdir: Path | None = None,
     detect_interval: str = "1m",
+    detect_workers: int = 1,
 ) -> dict[str, Any]:
     import psutil
 
@@ -125,7 +126,10 @@ def bench_serve(
     tmp = Path(tempfile.mkdtemp(prefix="rootwise-bench-serve-", dir=workdir))
     db = tmp / "serve.duckdb"
     cfg = tmp / "rootwise.toml"
-    cfg.write_text(f'[scheduler]\ndetect_interval = "{detect_interval}"\nreport_interval = "0s"\n')
+    cfg.write_text(
+        f'[scheduler]\ndetect_interval = "{detect_interval}"\nreport_interval = "0s"\n'
+        f"detect_workers = {int(detect_workers)}\n"
+    )
     port = _free_port()
     server = subprocess.Popen(
         [
@@ -274,6 +278,7 @@ def bench_serve(
         "series": series,
         "seconds": round(wall, 1),
         "clients": clients,
+        "detect_workers": int(detect_workers),
         "target_points_per_s": rate,
         "points_acked": acked[0],
         "points_stored": stored,
@@ -332,7 +337,8 @@ def _summary(r: dict[str, Any]) -> str:
         f"  ingest: {r['ingest_points_per_s']:,} points/s acknowledged (target ≥ {TARGETS['ingest_points_per_s']:,}: "
         f"{'met' if r['met']['ingest'] else 'MISSED'}), {r['points_stored']:,} points stored, "
         f"{r['refused_requests_429_503']} requests refused with 429/503 and retried",
-        f"  detection: {r['detection_passes']} passes of {r['detection_pass_seconds']} s; lag p50 {fmt(lag['p50'], ' s')}, "
+        f"  detection ({r['detect_workers']} scoring process(es)): {r['detection_passes']} passes of "
+        f"{r['detection_pass_seconds']} s; lag p50 {fmt(lag['p50'], ' s')}, "
         f"p95 {fmt(lag['p95'], ' s')} (target ≤ 60 s: {'met' if r['met']['detection_lag'] else 'MISSED'}), "
         f"max {fmt(lag['max'], ' s')}",
     ]

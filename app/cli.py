@@ -239,7 +239,7 @@ def _bench_runs(args: argparse.Namespace) -> dict[str, tuple[str, str, Callable[
             series=args.series or 100_000, days=args.days or 7.0, workdir=workdir, keep=args.keep)),
         "serve": ("app.bench_serve", "bench_serve", lambda: dict(
             series=args.series or 10_000, seconds=args.seconds, rate=args.rate,
-            detect_interval=args.detect_interval, workdir=workdir)),
+            detect_interval=args.detect_interval, detect_workers=args.detect_workers, workdir=workdir)),
         "ingest": ("app.bench", "bench_ingest", lambda: dict(points=args.points, big_points=args.big_points)),
     }  # fmt: skip
 
@@ -865,6 +865,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--detect-interval", default="1m", help="serve: the scheduler's detection interval (default 1m)"
+    )
+    p.add_argument(
+        "--detect-workers",
+        type=int,
+        default=1,
+        help="serve: scoring processes per detection pass (default 1)",
     )
     p.add_argument("--points", type=int, default=20_000_000, help="points per measured path (default 20M)")
     p.add_argument(
