@@ -110,9 +110,11 @@ def bench_serve(
     out: Path,
     workdir: Path | None = None,
     detect_interval: str = "1m",
-    detect_workers: int = 1,
+    detect_workers: int | None = None,
 ) -> dict[str, Any]:
     import psutil
+
+    from app.scheduler import SchedulerSettings
 
     blocks = max(1, series // SERIES_PER_REQUEST)
     series = blocks * SERIES_PER_REQUEST
@@ -126,10 +128,8 @@ def bench_serve(
     tmp = Path(tempfile.mkdtemp(prefix="rootwise-bench-serve-", dir=workdir))
     db = tmp / "serve.duckdb"
     cfg = tmp / "rootwise.toml"
-    cfg.write_text(
-        f'[scheduler]\ndetect_interval = "{detect_interval}"\nreport_interval = "0s"\n'
-        f"detect_workers = {int(detect_workers)}\n"
-    )
+    workers = f"detect_workers = {int(detect_workers)}\n" if detect_workers is not None else ""
+    cfg.write_text(f'[scheduler]\ndetect_interval = "{detect_interval}"\nreport_interval = "0s"\n{workers}')
     port = _free_port()
     server = subprocess.Popen(
         [
@@ -278,7 +278,7 @@ def bench_serve(
         "series": series,
         "seconds": round(wall, 1),
         "clients": clients,
-        "detect_workers": int(detect_workers),
+        "detect_workers": detect_workers or SchedulerSettings().detect_workers,
         "target_points_per_s": rate,
         "points_acked": acked[0],
         "points_stored": stored,

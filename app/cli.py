@@ -869,8 +869,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--detect-workers",
         type=int,
-        default=1,
-        help="serve: scoring processes per detection pass (default 1)",
+        default=None,
+        help="serve: scoring processes per detection pass (default: the scheduler's, 2)",
     )
     p.add_argument("--points", type=int, default=20_000_000, help="points per measured path (default 20M)")
     p.add_argument(
