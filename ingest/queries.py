@@ -1015,7 +1015,8 @@ def _histogram_increments_sql(
     Raw points are differenced with :func:`histogram_increments_sql`, their previous point looked for up to
     ``max(step, 5 min)`` before the window. When the step is a whole number of 5-minute buckets, the part of
     the window before ``histograms_to`` (see :mod:`ingest.retention`) is read from the histogram rollups
-    instead: hourly rows for whole-hour steps, 5-minute rows otherwise. A rollup row lies inside one step.
+    instead: hourly rows for whole-hour steps, 5-minute rows otherwise (a 5-minute row lies inside one step),
+    and for hours whose 5-minute rows were aged out, the hourly row spread over the steps it overlaps.
     """
     gsel = "".join(f", {e} AS g{i}" for i, e in enumerate(group_exprs))
     lookback = max(w.step_us, COUNTER_LOOKBACK // timedelta(microseconds=1))
@@ -1025,13 +1026,35 @@ def _histogram_increments_sql(
     bound = state.histograms_to if state is not None else None
     split = w.lo
     rolled = ""
+    (t5, _), (t1, hour) = HISTOGRAM_ROLLUPS
     if bound is not None and w.step_us % HISTOGRAM_ROLLUPS[0][1] == 0 and bound > w.lo:
         split = min(bound, w.hi)
-        table = HISTOGRAM_ROLLUPS[1 if w.step_us % HISTOGRAM_ROLLUPS[1][1] == 0 else 0][0]
+        hourly = w.step_us % hour == 0
         rolled = f"""
             UNION ALL
             SELECT series_id, ts, epoch_us(ts) // {step} AS b, bounds, counts AS inc, sum AS dsum, count AS dcount
-            FROM {table} WHERE ts >= {p(w.lo)} AND ts < {p(split)} AND {in_sel}"""
+            FROM {t1 if hourly else t5} WHERE ts >= {p(w.lo)} AND ts < {p(split)} AND {in_sel}"""
+        if not hourly:
+            # hours whose 5-minute rows retention aged out (``rollup_max_age_5m``): their hourly row, spread over
+            # the steps it overlaps in proportion to the overlap
+            rolled += f"""
+            UNION ALL
+            SELECT series_id, ts, b, bounds, list_transform(counts, lambda x: x * frac) AS inc, sum * frac AS dsum,
+                count * frac AS dcount
+            FROM (
+                SELECT *, (least((b + 1) * {step}, t + {hour}) - greatest(b * {step}, t))::DOUBLE / {hour} AS frac
+                FROM (
+                    SELECT h.*, epoch_us(h.ts) AS t,
+                        unnest(generate_series(epoch_us(h.ts) // {step}, (epoch_us(h.ts) + {hour} - 1) // {step}))
+                            AS b
+                    FROM {t1} h
+                    WHERE h.ts >= {p(_from_us(w.lo_us // hour * hour))} AND h.ts < {p(split)}
+                      AND h.series_id IN (SELECT series_id FROM sel)
+                      AND NOT EXISTS (SELECT 1 FROM {t5} f WHERE f.series_id = h.series_id
+                                      AND f.ts >= h.ts AND f.ts < h.ts + INTERVAL 1 HOUR)
+                )
+            )
+            WHERE b >= {p(w.lo_us // w.step_us, "BIGINT")} AND b < {p(w.hi_us // w.step_us, "BIGINT")}"""
     source = f"ts >= {p(_from_us(_epoch_us(split) - lookback))} AND ts < {p(w.hi)} AND {in_sel}"
     return f"""
         sel AS MATERIALIZED (SELECT s.series_id{gsel} FROM series s WHERE {where}),

@@ -230,3 +230,35 @@ def test_retention_cli_keeps_old_histograms_in_rollups(tmp_path, capsys):
     assert mean["ts"].to_list() == [T0, T0 + timedelta(hours=1)]
     # 3 pods x ~60 samples x 20-60 observations, minus the first points
     assert (mean["count"] > 3 * 55 * 20).all()
+
+
+def test_hours_without_5_minute_rows_spread_their_hourly_row(loaded):
+    store, _ = loaded
+    roll_up_recent(store, now=NOW)
+    apply_retention(
+        store,
+        raw_max_age=timedelta(hours=5),
+        rollup_max_age_5m=timedelta(hours=5),
+        histograms_max_age=timedelta(hours=5),
+        now=NOW,
+    )
+    gone = T0 + timedelta(hours=1)  # hour 0 has neither raw histograms nor 5-minute rows any more
+    assert (
+        store.cursor()
+        .execute("SELECT count(*) FROM histograms_5m WHERE ts < $t", {"t": gone})
+        .fetchall()[0][0]
+        == 0
+    )
+    kw = dict(metric="latency_seconds", start=T0, end=gone)
+    hourly = q.histogram_mean(store, step=timedelta(hours=1), **kw)
+    quarters = q.histogram_mean(store, step=timedelta(minutes=15), **kw)
+    assert hourly.height == 1 and quarters.height == 4
+    np.testing.assert_allclose(quarters["count"].to_numpy(), hourly["count"][0] / 4, rtol=1e-12)
+    np.testing.assert_allclose(quarters["value"].to_numpy(), hourly["value"][0], rtol=1e-12)
+    p99 = q.histogram_quantiles(store, quantiles=(0.99,), step=timedelta(minutes=15), **kw)
+    want = q.histogram_quantiles(store, quantiles=(0.99,), step=timedelta(hours=1), **kw)
+    np.testing.assert_allclose(p99["value"].to_numpy(), want["value"][0], rtol=1e-12)
+    # the next hour still has its 5-minute rows: read as before, not spread
+    later = q.histogram_mean(store, step=timedelta(minutes=15), start=gone, end=gone + timedelta(hours=1),
+                             metric="latency_seconds")  # fmt: skip
+    assert later["count"].n_unique() > 1
