@@ -357,11 +357,7 @@ def _fitted_us(state: results.SeriesState) -> int:
 
 def _unpickled(states: dict[int, results.SeriesState]) -> dict[int, results.SeriesState]:
     return {
-        sid: replace(
-            st,
-            state=st.state.load() if isinstance(st.state, results.Pickled) else st.state,
-            alarm=st.alarm.load() if isinstance(st.alarm, results.Pickled) else st.alarm,
-        )
+        sid: replace(st, state=results.unpickled(st.state), alarm=results.unpickled(st.alarm))
         for sid, st in states.items()
     }
 

@@ -534,6 +534,19 @@ def _counter_increase(value: str, prev: str) -> str:
     return f"CASE WHEN {prev} IS NULL THEN NULL WHEN {value} >= {prev} THEN {value} - {prev} ELSE {value} END"
 
 
+def _spread_sql(rows: str, step: str, width: str, cols: str) -> str:
+    """``rows`` (a table expression with ``ts``) spread over the steps each row overlaps: one row per step
+    ``b`` with ``cols`` and ``frac``, the share of the row's ``width`` microseconds that falls into ``b``."""
+    return f"""
+            SELECT {cols}, b,
+                (least((b + 1) * {step}, t + {width}) - greatest(b * {step}, t))::DOUBLE / {width} AS frac
+            FROM (
+                SELECT *, epoch_us(ts) AS t,
+                    unnest(generate_series(epoch_us(ts) // {step}, (epoch_us(ts) + {width} - 1) // {step})) AS b
+                FROM {rows}
+            )"""
+
+
 def _raw_inwin_sql(p: _Params, w: _Window, kinds: frozenset[str], needs_inc: bool, lookback_us: int) -> str:
     """CTE ``inwin(series_id, ts, b, value[, inc])`` straight from raw points (no rollup in the range).
 
@@ -662,13 +675,8 @@ def _mixed_inwin_sql(
             SELECT series_id, ts, epoch_us(ts) // {step} AS b, 1.0 AS frac, n, s, mn, mx, last, inc
             FROM seq WHERE w = 0
             UNION ALL
-            SELECT series_id, ts, b,
-                (least((b + 1) * {step}, t + w) - greatest(b * {step}, t))::DOUBLE / w AS frac,
-                n, s, mn, mx, last, inc
-            FROM (
-                SELECT *, epoch_us(ts) AS t,
-                    unnest(generate_series(epoch_us(ts) // {step}, (epoch_us(ts) + w - 1) // {step})) AS b
-                FROM seq WHERE w > 0
+            SELECT series_id, ts, b, frac, n, s, mn, mx, last, inc FROM (
+                {_spread_sql("seq WHERE w > 0", step, "w", "series_id, ts, n, s, mn, mx, last, inc")}
             )
         ),
         inwin AS (
@@ -1026,8 +1034,8 @@ def _histogram_increments_sql(
     bound = state.histograms_to if state is not None else None
     split = w.lo
     rolled = ""
-    (t5, _), (t1, hour) = HISTOGRAM_ROLLUPS
-    if bound is not None and w.step_us % HISTOGRAM_ROLLUPS[0][1] == 0 and bound > w.lo:
+    (t5, five), (t1, hour) = HISTOGRAM_ROLLUPS
+    if bound is not None and w.step_us % five == 0 and bound > w.lo:
         split = min(bound, w.hi)
         hourly = w.step_us % hour == 0
         rolled = f"""
@@ -1037,23 +1045,18 @@ def _histogram_increments_sql(
         if not hourly:
             # hours whose 5-minute rows retention aged out (``rollup_max_age_5m``): their hourly row, spread over
             # the steps it overlaps in proportion to the overlap
+            hours_alone = f"""(
+                SELECT h.* FROM {t1} h
+                WHERE h.ts >= {p(_from_us(w.lo_us // hour * hour))} AND h.ts < {p(split)}
+                  AND h.series_id IN (SELECT series_id FROM sel)
+                  AND NOT EXISTS (SELECT 1 FROM {t5} f WHERE f.series_id = h.series_id
+                                  AND f.ts >= h.ts AND f.ts < h.ts + INTERVAL 1 HOUR)
+            )"""
             rolled += f"""
             UNION ALL
             SELECT series_id, ts, b, bounds, list_transform(counts, lambda x: x * frac) AS inc, sum * frac AS dsum,
                 count * frac AS dcount
-            FROM (
-                SELECT *, (least((b + 1) * {step}, t + {hour}) - greatest(b * {step}, t))::DOUBLE / {hour} AS frac
-                FROM (
-                    SELECT h.*, epoch_us(h.ts) AS t,
-                        unnest(generate_series(epoch_us(h.ts) // {step}, (epoch_us(h.ts) + {hour} - 1) // {step}))
-                            AS b
-                    FROM {t1} h
-                    WHERE h.ts >= {p(_from_us(w.lo_us // hour * hour))} AND h.ts < {p(split)}
-                      AND h.series_id IN (SELECT series_id FROM sel)
-                      AND NOT EXISTS (SELECT 1 FROM {t5} f WHERE f.series_id = h.series_id
-                                      AND f.ts >= h.ts AND f.ts < h.ts + INTERVAL 1 HOUR)
-                )
-            )
+            FROM ({_spread_sql(hours_alone, step, str(hour), "series_id, ts, bounds, counts, sum, count")})
             WHERE b >= {p(w.lo_us // w.step_us, "BIGINT")} AND b < {p(w.hi_us // w.step_us, "BIGINT")}"""
     source = f"ts >= {p(_from_us(_epoch_us(split) - lookback))} AND ts < {p(w.hi)} AND {in_sel}"
     return f"""

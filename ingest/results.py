@@ -42,6 +42,11 @@ def _blob(value: Any) -> bytes:
     return value if isinstance(value, Pickled) else Pickled.of(value)
 
 
+def unpickled(value: Any) -> Any:
+    """``value`` itself, or what it holds when it is :class:`Pickled` (the inverse of how it is stored)."""
+    return value.load() if isinstance(value, Pickled) else value
+
+
 @dataclass(frozen=True)
 class SeriesState:
     """What detection remembers per series between runs (``state``/``alarm``: objects, or :class:`Pickled`)."""
@@ -111,8 +116,9 @@ def points_since(
     table = {"points": "points", "histograms": "histograms"}[kind]
     cols = "p.series_id, p.ts, p.value" if kind == "points" else "p.*"
     floor = history_from or datetime(1970, 1, 1)
+    marks = [v or floor for v in since.values()]
     w = pl.DataFrame(
-        {"series_id": list(since), "since": [v or floor for v in since.values()]},
+        {"series_id": list(since), "since": marks},
         schema={"series_id": pl.Int64, "since": schema.TS},
     ).to_arrow()
     cur = store.cursor()
@@ -124,7 +130,7 @@ def points_since(
         df = cur.sql(
             f"SELECT {cols} FROM {table} p JOIN rootwise_watermarks w "
             "ON p.series_id = w.series_id AND p.ts > w.since WHERE p.ts > $earliest ORDER BY p.series_id, p.ts",
-            params={"earliest": min(v or floor for v in since.values())},
+            params={"earliest": min(marks)},
         ).pl()
     finally:
         cur.unregister("rootwise_watermarks")

@@ -25,7 +25,7 @@ Rules
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -407,13 +407,13 @@ def roll_up_recent(store: Store, *, now: datetime | None = None, grace: timedelt
             )
             # hours rolled by a retention run before rollup_state existed stay as they are
             _add(totals, _roll(cur, where, params, seal=(start or datetime.min, to)))
-            state = RollupState(state.raw_from, to, state.histograms_to)
+            state = replace(state, rolled_to=to)
         latest = cur.execute("SELECT max(ts) FROM histograms WHERE ts <= $now", {"now": now}).fetchall()[0][0]
         start = state.histograms_to
         to = _floor_hour(latest - grace) if latest is not None else None
         if to is not None and (start is None or to > start):
             _add(totals, _roll_histogram_hours(cur, start, to))
-            state = RollupState(state.raw_from, state.rolled_to, to)
+            state = replace(state, histograms_to=to)
         if state != RollupState(None, None):
             _set_state(cur, state)
     return RollupReport(
@@ -434,7 +434,7 @@ def _roll_up_histograms(cur: Any, deleting: datetime, now: datetime) -> None:
     to = min(_floor_hour(deleting) + timedelta(hours=1), _floor_hour(now - GRACE))
     if state.histograms_to is None or to > state.histograms_to:
         _roll_histogram_hours(cur, state.histograms_to, to)
-        _set_state(cur, RollupState(state.raw_from, state.rolled_to, to))
+        _set_state(cur, replace(state, histograms_to=to))
 
 
 def _roll_up(cur: Any, cutoff: datetime) -> dict[str, int]:
@@ -445,9 +445,8 @@ def _roll_up(cur: Any, cutoff: datetime) -> dict[str, int]:
     hourly row exists for the series) are discarded, the others rolled up. Hours between ``rolled_to`` and
     ``cutoff`` are rolled up (all of them, on a store no rollup pass ever ran on).
     """
-    state = rollup_state(cur)
-    deleted_from = state.raw_from if state is not None else None
-    rolled_to = state.rolled_to if state is not None else None
+    state = rollup_state(cur) or RollupState(None, None)
+    deleted_from, rolled_to = state.raw_from, state.rolled_to
     totals, _ = _redo_dirty(cur, state)
     if deleted_from is not None:  # late arrivals for hours whose raw points retention already deleted
         bound = min(deleted_from, cutoff)
@@ -460,9 +459,11 @@ def _roll_up(cur: Any, cutoff: datetime) -> dict[str, int]:
         _add(totals, _roll(cur, "p.ts >= $lo AND p.ts < $hi", params, seal=(datetime.min, cutoff)))
     deleted = _count(cur, "DELETE FROM points WHERE ts < $cutoff", {"cutoff": cutoff})
     raw_from = max(cutoff, deleted_from) if deleted_from is not None else cutoff
-    histograms_to = state.histograms_to if state is not None else None
     _set_state(
-        cur, RollupState(raw_from, max(cutoff, rolled_to) if rolled_to is not None else cutoff, histograms_to)
+        cur,
+        replace(
+            state, raw_from=raw_from, rolled_to=max(cutoff, rolled_to) if rolled_to is not None else cutoff
+        ),
     )
     return {
         "rolled_5m": totals.get("rolled_5m", 0),
