@@ -57,6 +57,11 @@ class DetectConfig:
     #: a metric of one service with more series than this (per-tenant usage, ...) is detected on its aggregate
     #: (the KPI); which tenants/models moved is the root-cause engine's dimension analysis, not a page each
     max_series_per_metric: int = 50
+    #: a logical series with several members (stitched versions, an aggregate, a histogram's instances) is
+    #: scored only up to the newest point every live member has sent, so a member whose export lands a few
+    #: seconds after another's is never left out of a scored minute (scores do not depend on when passes run);
+    #: a member more than this behind the newest one is taken as gone (an old version, a stopped pod)
+    member_grace: timedelta = timedelta(minutes=2)
 
 
 @dataclass
@@ -473,7 +478,8 @@ def _read_points(
     store: Store, since: dict[int, datetime | None], meta: dict[int, dict[str, Any]], config: DetectConfig
 ) -> pl.DataFrame:
     """Points after ``since[sid]`` of logical series: stitched and aggregated members combined, histograms
-    turned into their quantile series."""
+    turned into their quantile series; a series with several members only up to :func:`_complete_until`."""
+    complete = _complete_until(store, since, meta, config.member_grace)
     single = {s: v for s, v in since.items() if meta[s]["how"] == "series" and meta[s]["kind"] != "histogram"}
     frames = [results.points_since(store, single)] if single else []
     for s, v in since.items():
@@ -491,7 +497,50 @@ def _read_points(
         elif m["how"] != "series":
             frames.append(results.aggregate_points_since(store, s, m["members"], m["kind"], v))
     frame = pl.concat(frames) if frames else pl.DataFrame(schema=POINTS)
+    if complete:
+        cut = pl.DataFrame(
+            {"series_id": list(complete), "complete": list(complete.values())},
+            schema={"series_id": pl.Int64, "complete": TS},
+        )
+        frame = (
+            frame.join(cut, on="series_id", how="left")
+            .filter(pl.col("complete").is_null() | (pl.col("ts") <= pl.col("complete")))
+            .drop("complete")
+        )
     return frame.cast(pl.Schema(POINTS))
+
+
+def _complete_until(
+    store: Store, since: dict[int, datetime | None], meta: dict[int, dict[str, Any]], grace: timedelta
+) -> dict[int, datetime]:
+    """For each logical series with several members: the newest time every *live* member has reached (a
+    member is live if its newest point is within ``grace`` of the newest member's). Points after it wait for
+    the next pass, so a minute is scored once all its members are in."""
+    multi = {s: meta[s]["members"] for s in since if len(meta[s]["members"]) > 1}
+    if not multi:
+        return {}
+    marks = [since[s] for s in multi]
+    floor = (min(marks) if None not in marks else datetime(1970, 1, 1)) - grace
+    newest: dict[int, datetime] = {}
+    for table, kind in (("points", False), ("histograms", True)):
+        ids = sorted({m for s, ms in multi.items() if (meta[s]["kind"] == "histogram") == kind for m in ms})
+        if ids:
+            cur = store.cursor()
+            cur.complete()
+            newest.update(
+                cur.execute(
+                    f"SELECT series_id, max(ts) FROM {table} "
+                    "WHERE series_id IN (SELECT unnest($ids::BIGINT[])) AND ts > $floor GROUP BY series_id",
+                    {"ids": ids, "floor": floor},
+                ).fetchall()
+            )
+    out: dict[int, datetime] = {}
+    for s, members in multi.items():
+        lasts = [newest[m] for m in members if m in newest]
+        if lasts:
+            top = max(lasts)
+            out[s] = min(t for t in lasts if t >= top - grace)
+    return out
 
 
 def _score_batch(
