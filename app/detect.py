@@ -15,6 +15,10 @@ What is scored per series kind:
 * histogram: the per-interval p99 (Prometheus ``histogram_quantile`` interpolation over the bucket
   increments), the latency KPI on-call engineers page on.
 
+A logical series with several members is scored only up to the newest point every live member has sent
+(:func:`_complete_until`); an alarm on a series that went silent while its service goes on is closed
+(:func:`_resolve_silent`).
+
 Time in detection is *data* time (the newest point), never the wall clock, so re-running over the same data
 gives the same incidents.
 """
@@ -62,6 +66,10 @@ class DetectConfig:
     #: seconds after another's is never left out of a scored minute (scores do not depend on when passes run);
     #: a member more than this behind the newest one is taken as gone (an old version, a stopped pod)
     member_grace: timedelta = timedelta(minutes=2)
+    #: an alarm on a series that stopped reporting while the rest of its service goes on (a tenant's error
+    #: series with no more errors, a pod that was replaced) resolves once the series is this far behind the
+    #: service's newest scored point; a service that went silent as a whole keeps its incidents open
+    silent_after: timedelta = timedelta(minutes=15)
 
 
 @dataclass
@@ -309,9 +317,46 @@ def run_detection(
                 os.environ.pop("POLARS_MAX_THREADS", None)
             else:
                 os.environ["POLARS_MAX_THREADS"] = old
+    report.incidents_resolved += _resolve_silent(store, config, now)
     report.series = len(ids)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _resolve_silent(store: Store, config: DetectConfig, now: datetime) -> int:
+    """Close the alarms of open incidents whose series stopped reporting (``silent_after`` behind the newest
+    scored point of the same service) and reset those series' alarm state; returns the incidents resolved."""
+    open_ = results.open_incidents(store)
+    active = {e.series_id for i in open_ for e in i.series.values() if e.active}
+    if not active:
+        return 0
+    cur = store.cursor()
+    cur.complete()
+    newest = dict(
+        cur.execute(
+            "SELECT s.service, max(d.scored_until) FROM detector_state d JOIN series s USING (series_id) "
+            "GROUP BY s.service"
+        ).fetchall()
+    )
+    states = results.load_states(store, sorted(active), pickled=True)
+    closing, reset = [], {}
+    for inc in open_:
+        front = newest.get(inc.service)
+        for ep in inc.series.values():
+            st = states.get(ep.series_id)
+            if not ep.active or front is None:
+                continue
+            if st is None or st.scored_until is None or st.scored_until < front - config.silent_after:
+                closing.append(replace(ep, active=False))
+                if st is not None:
+                    reset[ep.series_id] = replace(st, alarm=AlarmState(since_resolve=0))
+    if not closing:
+        return 0
+    changed = update_incidents(open_, closing, config.policy)
+    results.save_detection(
+        store, states=reset, anomalies=pl.DataFrame(), detector=config.detector, incidents=changed, now=now
+    )
+    return sum(1 for i in changed if not i.is_open)
 
 
 def _recent_incidents(

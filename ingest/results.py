@@ -165,6 +165,13 @@ def recent_incidents(store: Store, since: datetime) -> list[Incident]:
     return _incident_rows(cur, "status <> 'resolved' OR \"end\" >= $since", {"since": since})
 
 
+def open_incidents(store: Store) -> list[Incident]:
+    """Incidents not resolved (open or acknowledged), with their series."""
+    cur = store.cursor()
+    cur.complete()
+    return _incident_rows(cur, "status <> 'resolved'", {})
+
+
 def save_detection(
     store: Store,
     *,

@@ -402,3 +402,55 @@ def test_prediction_score_shift_is_caught_by_the_histogram_mean_kpi(store: Store
     )
     onset = START + timedelta(minutes=2 * 1440 + 120)
     assert onset <= datetime.fromisoformat(inc["start"]) <= onset + timedelta(minutes=10)
+
+
+def _api(minutes: int, *, offset: int = 0, shift: tuple[int, int] | None = None, only: str | None = None):
+    """Service ``api`` with two gauges, latency and queue depth; both jump during ``shift`` (start, end)."""
+    rng = np.random.default_rng(offset)
+    t = np.arange(offset, offset + minutes)
+    ts = (np.datetime64(START, "us") + t.astype("timedelta64[m]")).astype("datetime64[us]")
+    series, points = [], []
+    for metric in ("latency_ms", "queue_depth"):
+        if only is not None and metric != only:
+            continue
+        sid = series_id(metric, "api", {})
+        series.append((sid, metric, "api", "gauge", "", labels_list({})))
+        y = 100 + rng.normal(0, 2, minutes)
+        if shift is not None:
+            y = np.where((t >= shift[0]) & (t < shift[1]), y + 60, y)
+        points.append(pl.DataFrame({"series_id": np.full(minutes, sid), "ts": ts, "value": y}, schema=POINTS))
+    return TelemetryBatch(series=pl.DataFrame(series, schema=SERIES, orient="row"), points=pl.concat(points))
+
+
+def test_alarm_on_a_series_that_stops_reporting_resolves_while_its_service_goes_on(store: Store) -> None:
+    day = 1440
+    store.append(_api(day))
+    run_detection(store)
+    store.append(_api(20, offset=day, shift=(day + 5, day + 10_000)))  # both series jump and stay up
+    run_detection(store)
+    (inc,) = list_incidents(store)
+    assert inc["status"] == "open"
+    # queue depth stops reporting while still high; latency recovers and goes on
+    store.append(_api(10, offset=day + 20, only="latency_ms"))
+    run_detection(store)
+    assert list_incidents(store)[0]["status"] == "open"  # 10 minutes of silence: not yet
+    store.append(_api(10, offset=day + 30, only="latency_ms"))
+    r = run_detection(store)
+    (after,) = list_incidents(store)
+    assert after["id"] == inc["id"] and after["status"] == "resolved" and r.incidents_resolved == 1
+    # queue depth comes back normal: no new incident, and its alarm was reset (no stale alarm resolving late)
+    store.append(_api(30, offset=day + 40))
+    run_detection(store)
+    assert [(i["id"], i["status"]) for i in list_incidents(store)] == [(inc["id"], "resolved")]
+
+
+def test_a_service_gone_silent_as_a_whole_keeps_its_incident_open(store: Store) -> None:
+    day = 1440
+    store.append(_api(day))
+    run_detection(store)
+    store.append(_api(20, offset=day, shift=(day + 5, day + 10_000)))
+    run_detection(store)
+    store.append(_fleet(120, offset=day + 20))  # other services go on; api sends nothing
+    run_detection(store)
+    (inc,) = [i for i in list_incidents(store) if i["service"] == "api"]
+    assert inc["status"] == "open"
