@@ -26,6 +26,7 @@ gives the same incidents.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -234,12 +235,14 @@ def run_detection(
     *,
     series_ids: list[int] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    pool: ScoringPool | None = None,
 ) -> DetectReport:
     """One incremental detection pass over the store (see the module docstring).
 
     The process that owns the store reads each batch and writes its results; scoring runs in ``workers``
     processes (default: one per core), with up to ``workers`` batches in flight. Results are applied in batch
-    order, so incidents come out the same as with one process.
+    order, so incidents come out the same as with one process. ``pool`` keeps the processes between passes
+    (``rootwise serve``); without it they are started for this pass.
     """
     config = config or DetectConfig()
     started = time.perf_counter()
@@ -291,36 +294,84 @@ def run_detection(
                 first = False
             apply(batch, _score_job(*job))
     else:
-        import multiprocessing as mp
         from collections import deque
-        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures.process import BrokenProcessPool
 
-        # workers score one batch each with a single polars thread; the parent keeps reading and writing
-        old = os.environ.get("POLARS_MAX_THREADS")
-        os.environ["POLARS_MAX_THREADS"] = "1"
+        own = pool is None
+        scoring = ScoringPool(workers) if own else pool
         try:
-            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-                pending: deque[tuple[list[int], Any]] = deque()
-                for batch, job in zip(batches, jobs, strict=True):
-                    if first:
-                        incidents = _recent_incidents(store, job[3], config)
-                        first = False
-                    pending.append((batch, pool.submit(_score_job, *job)))
-                    while len(pending) > workers:
-                        b, fut = pending.popleft()
-                        apply(b, fut.result())
-                while pending:
+            executor = scoring.executor()
+            pending: deque[tuple[list[int], Any]] = deque()
+            for batch, job in zip(batches, jobs, strict=True):
+                if first:
+                    incidents = _recent_incidents(store, job[3], config)
+                    first = False
+                pending.append((batch, executor.submit(_score_job, *job)))
+                while len(pending) > scoring.workers:
                     b, fut = pending.popleft()
                     apply(b, fut.result())
+            while pending:
+                b, fut = pending.popleft()
+                apply(b, fut.result())
+        except BrokenProcessPool:
+            scoring.close()  # a worker died (killed, out of memory): the next pass starts new ones
+            raise
         finally:
-            if old is None:
-                os.environ.pop("POLARS_MAX_THREADS", None)
-            else:
-                os.environ["POLARS_MAX_THREADS"] = old
+            if own:
+                scoring.close()
     report.incidents_resolved += _resolve_silent(store, config, now)
     report.series = len(ids)
     report.seconds = time.perf_counter() - started
     return report
+
+
+class ScoringPool:
+    """Scoring processes for detection passes, started on first use and kept until :meth:`close`.
+
+    ``rootwise serve`` keeps one between passes: starting two processes and importing the detectors in them
+    costs seconds of the two cores every pass. Workers run polars with one thread each (the parent keeps
+    reading and writing the store); they are started eagerly, all at once, so each sees that setting.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._executor: Any = None
+        self._lock = threading.Lock()
+        self.started: list[tuple[int, int]] = []  # (process id, polars threads) of the running workers
+
+    def executor(self) -> Any:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with self._lock:
+            if self._executor is None:
+                old = os.environ.get("POLARS_MAX_THREADS")
+                os.environ["POLARS_MAX_THREADS"] = "1"
+                try:
+                    ex = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"))
+                    # each submit with no idle worker starts one: all start now, under the setting above
+                    warm = [ex.submit(_warm_worker) for _ in range(self.workers)]
+                finally:
+                    if old is None:
+                        os.environ.pop("POLARS_MAX_THREADS", None)
+                    else:
+                        os.environ["POLARS_MAX_THREADS"] = old
+                self.started = [f.result() for f in warm]
+                self._executor = ex
+            return self._executor
+
+    def close(self) -> None:
+        with self._lock:
+            ex, self._executor = self._executor, None
+        if ex is not None:
+            ex.shutdown(wait=True, cancel_futures=True)
+
+
+def _warm_worker() -> tuple[int, int]:
+    """Runs once in each new scoring process: imports what scoring needs; returns its process id and polars
+    thread count."""
+    make_detector(DetectConfig.detector)
+    return os.getpid(), pl.thread_pool_size()
 
 
 def _resolve_silent(store: Store, config: DetectConfig, now: datetime) -> int:

@@ -24,7 +24,7 @@ delivers it.
     report_interval = "7d"      # capacity report; "0s" disables it
     report_dir = "reports"      # relative to the database file's directory
     report_receivers = []       # Slack or webhook receivers that get each report (served at /reports/<name>)
-    detect_workers = 2          # scoring processes per detection pass (1: in the server process's threads)
+    detect_workers = 2          # scoring processes, kept between passes (1: in the server process's threads)
     enabled = true              # false: serve receives and shows, but detects and alerts nothing
 """
 
@@ -189,6 +189,7 @@ class Scheduler:
         self._pipeline_idle = threading.Event()
         self._pipeline_idle.set()
         self._last_report_try: datetime | None = None
+        self._pool: Any = None  # app.detect.ScoringPool, kept between passes
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -206,6 +207,9 @@ class Scheduler:
         for t in self._threads:
             t.join(timeout)
         self._threads = []
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
         if flush and self.settings.enabled:
             self.deliver_once()
 
@@ -252,7 +256,7 @@ class Scheduler:
         out: dict[str, Any] = {}
         try:
             config = self.detect_config or DetectConfig(workers=self.settings.detect_workers)
-            detected = run_detection(self.store, config)
+            detected = run_detection(self.store, config, pool=self._scoring_pool(config.workers))
             out["detect"] = detected.to_dict()
             out["rca"] = explain_new_incidents(self.store)
             routed = route_incidents(self.store, self.alerting, now=now or _utcnow())
@@ -281,6 +285,21 @@ class Scheduler:
         finally:
             self._pipeline_idle.set()
         return out
+
+    def _scoring_pool(self, workers: int | None) -> Any:
+        """The scoring processes kept between passes (started by the first pass that needs them)."""
+        import os
+
+        from app.detect import ScoringPool
+
+        workers = workers if workers is not None else (os.cpu_count() or 1)
+        if workers <= 1:
+            return None
+        if self._pool is None or self._pool.workers != workers:
+            if self._pool is not None:
+                self._pool.close()
+            self._pool = ScoringPool(workers)
+        return self._pool
 
     def deliver_once(self, now: datetime | None = None) -> dict[str, int]:
         from app.alerts.outbox import deliver_due

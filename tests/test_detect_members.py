@@ -4,6 +4,7 @@ passes: detection waits until every live member has sent a minute before it scor
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -127,3 +128,55 @@ def test_the_newest_minute_waits_for_a_member_within_the_grace(store: Store) -> 
     report = run_detection(store, DetectConfig(workers=1))
     (until,) = store.cursor().execute("SELECT scored_until FROM detector_state").fetchone()
     assert until == last and report.points == 1
+
+
+def test_a_kept_scoring_pool_serves_passes_like_fresh_processes(tmp_path: Path) -> None:
+    """``rootwise serve`` keeps its scoring processes between passes: same results as one process, the same
+    workers on the next pass (one polars thread each), and a pool whose worker died is replaced."""
+    import os
+    import signal
+    import time
+    from concurrent.futures.process import BrokenProcessPool
+
+    from app.detect import ScoringPool
+
+    series, rows, table = _members("aggregate")
+    config = DetectConfig(batch=1, workers=2, max_series_per_metric=50)  # three series, three batches
+    cut = START + timedelta(minutes=HISTORY)
+    dbs = {}
+    pool = ScoringPool(2)
+    try:
+        for name, kept in (("one", None), ("kept", pool)):
+            store = Store(tmp_path / f"{name}.duckdb")
+            _append(store, series, [r.filter(pl.col("ts") < cut) for r in rows.values()], table)
+            run_detection(store, replace(config, workers=1) if kept is None else config, pool=kept)
+            dbs[name] = store
+        first = list(pool.started)
+        assert len(first) == 2 and all(threads == 1 for _, threads in first)
+        for store in dbs.values():
+            _append(store, series, [r.filter(pl.col("ts") >= cut) for r in rows.values()], table)
+        run_detection(dbs["one"], replace(config, workers=1))
+        run_detection(dbs["kept"], config, pool=pool)
+        assert pool.started == first  # no new processes for the second pass
+        one, kept = (
+            s.cursor().execute("SELECT series_id, ts, score FROM anomalies ORDER BY ALL").fetchall()
+            for s in dbs.values()
+        )
+        assert kept == one and one
+        os.kill(first[0][0], signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # until the pool has reaped it (and so knows it is broken)
+            try:
+                os.kill(first[0][0], 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        _append(dbs["kept"], series, [r.filter(pl.col("ts") >= cut) for r in rows.values()], table)
+        with pytest.raises(BrokenProcessPool):
+            run_detection(dbs["kept"], config, pool=pool)
+        run_detection(dbs["kept"], config, pool=pool)  # the next pass starts new workers
+        assert pool.started and {p for p, _ in pool.started}.isdisjoint({p for p, _ in first})
+    finally:
+        pool.close()
+        for store in dbs.values():
+            store.close()

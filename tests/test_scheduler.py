@@ -122,3 +122,31 @@ def test_a_pass_rolls_up_the_complete_hours(tmp_path: Path) -> None:
         assert "error" not in out
         assert out["rollup"]["rolled_to"] == "2026-03-01T02:00:00"  # 02:59 minus 10 minutes of grace
         assert (store.count("points_1h"), store.count("points_5m"), store.count("points")) == (2, 24, 180)
+
+
+def test_passes_keep_their_scoring_processes_until_stop(tmp_path: Path) -> None:
+    from app.detect import DetectConfig
+    from ingest.batch import MetricBuilder
+
+    b = MetricBuilder("t")
+    t0 = datetime(2026, 3, 1)
+    for k in range(3):
+        sid = b.series("queue_depth", f"api-{k}", "gauge", "1", {})
+        for i in range(60):
+            ns = int((t0 + timedelta(minutes=i)).replace(tzinfo=UTC).timestamp() * 1e9)
+            b.point(sid, ns, float(i % 7), "p")
+    with Store(tmp_path / "s.duckdb") as store:
+        store.append(b.build())
+        sched = Scheduler(
+            store,
+            settings=SchedulerSettings(report_interval=timedelta(0)),
+            detect_config=DetectConfig(batch=1, workers=2),  # three batches: scored in the processes
+        )
+        assert sched.run_pass()["detect"]["series"] == 3
+        pool = sched._pool
+        started = list(pool.started)
+        assert len(started) == 2
+        assert "error" not in sched.run_pass()
+        assert sched._pool is pool and pool.started == started
+        sched.stop(flush=False)
+        assert sched._pool is None and pool._executor is None
