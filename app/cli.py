@@ -533,6 +533,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             ]
             if p["missed"]:
                 lines.append("  missed: " + ", ".join(p["missed"]))
+            if p.get("false"):
+                lines.append("  false pages: " + ", ".join(p["false"]))
         lines.append(f"  written to {out}")
         return "\n".join(lines)
 

@@ -226,6 +226,10 @@ def match_incidents(
         "precision": round(tp_alarms / len(det), 4) if det else None,
         "mean_time_to_detect_min": round(float(np.mean(list(hit_delay.values()))), 2) if hit_delay else None,
         "missed": missed,
+        # what woke someone for nothing: service, the incident's top metric, start, peak z
+        "false": [
+            f"{d['service']}/{d['metric']}@{d['start']} (z {float(d.get('peak') or 0):.1f})" for d in false
+        ],
         "by_kind": _by_kind(lab, hit_delay),
     }
 
