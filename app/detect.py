@@ -330,14 +330,18 @@ class ScoringPool:
 
     ``rootwise serve`` keeps one between passes: starting two processes and importing the detectors in them
     costs seconds of the two cores every pass. Workers run polars with one thread each (the parent keeps
-    reading and writing the store); they are started eagerly, all at once, so each sees that setting.
+    reading and writing the store); they are started eagerly, all at once, so each sees that setting. With
+    ``nice``, they run at that lower CPU priority: in ``rootwise serve`` the receiver's acknowledgements come
+    first and scoring takes the cores' remaining time.
     """
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, *, nice: int = 0) -> None:
         self.workers = workers
+        self.nice = nice
         self._executor: Any = None
         self._lock = threading.Lock()
-        self.started: list[tuple[int, int]] = []  # (process id, polars threads) of the running workers
+        #: (process id, polars threads, niceness) of the workers started last
+        self.started: list[tuple[int, int, int]] = []
 
     def executor(self) -> Any:
         import multiprocessing as mp
@@ -348,7 +352,12 @@ class ScoringPool:
                 old = os.environ.get("POLARS_MAX_THREADS")
                 os.environ["POLARS_MAX_THREADS"] = "1"
                 try:
-                    ex = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"))
+                    ex = ProcessPoolExecutor(
+                        self.workers,
+                        mp_context=mp.get_context("spawn"),
+                        initializer=_start_worker,
+                        initargs=(self.nice,),
+                    )
                     # each submit with no idle worker starts one: all start now, under the setting above
                     warm = [ex.submit(_warm_worker) for _ in range(self.workers)]
                 finally:
@@ -367,11 +376,15 @@ class ScoringPool:
             ex.shutdown(wait=True, cancel_futures=True)
 
 
-def _warm_worker() -> tuple[int, int]:
-    """Runs once in each new scoring process: imports what scoring needs; returns its process id and polars
-    thread count."""
+def _start_worker(nice: int) -> None:
+    if nice:
+        os.nice(nice)
+
+
+def _warm_worker() -> tuple[int, int, int]:
+    """Imports what scoring needs; returns the worker's process id, polars thread count and niceness."""
     make_detector(DetectConfig.detector)
-    return os.getpid(), pl.thread_pool_size()
+    return os.getpid(), pl.thread_pool_size(), os.nice(0)
 
 
 def _resolve_silent(store: Store, config: DetectConfig, now: datetime) -> int:

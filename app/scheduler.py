@@ -45,6 +45,10 @@ from app.config import ConfigError
 
 log = logging.getLogger("rootwise.scheduler")
 
+#: CPU priority of the scoring processes below the server's: under load the receiver, whose acknowledgements
+#: clients wait for, comes first, and scoring uses the rest of the cores
+SCORING_NICE = 10
+
 _KEYS = (
     "detect_interval",
     "deliver_interval",
@@ -298,7 +302,7 @@ class Scheduler:
         if self._pool is None or self._pool.workers != workers:
             if self._pool is not None:
                 self._pool.close()
-            self._pool = ScoringPool(workers)
+            self._pool = ScoringPool(workers, nice=SCORING_NICE)
         return self._pool
 
     def deliver_once(self, now: datetime | None = None) -> dict[str, int]:

@@ -152,7 +152,7 @@ def test_a_kept_scoring_pool_serves_passes_like_fresh_processes(tmp_path: Path) 
             run_detection(store, replace(config, workers=1) if kept is None else config, pool=kept)
             dbs[name] = store
         first = list(pool.started)
-        assert len(first) == 2 and all(threads == 1 for _, threads in first)
+        assert len(first) == 2 and all(threads == 1 for _, threads, _ in first)
         for store in dbs.values():
             _append(store, series, [r.filter(pl.col("ts") >= cut) for r in rows.values()], table)
         run_detection(dbs["one"], replace(config, workers=1))
@@ -175,7 +175,7 @@ def test_a_kept_scoring_pool_serves_passes_like_fresh_processes(tmp_path: Path) 
         with pytest.raises(BrokenProcessPool):
             run_detection(dbs["kept"], config, pool=pool)
         run_detection(dbs["kept"], config, pool=pool)  # the next pass starts new workers
-        assert pool.started and {p for p, _ in pool.started}.isdisjoint({p for p, _ in first})
+        assert pool.started and {p for p, *_ in pool.started}.isdisjoint({p for p, *_ in first})
     finally:
         pool.close()
         for store in dbs.values():

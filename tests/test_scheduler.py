@@ -4,6 +4,7 @@ Slack and webhook receivers (real loopback receiver) and its page, and the confi
 from __future__ import annotations
 
 import base64
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,7 +15,13 @@ from standardwebhooks.webhooks import Webhook
 
 from app.alerts.config import alerting_from_config, check_config
 from app.config import ConfigError
-from app.scheduler import Scheduler, SchedulerSettings, report_receiver_errors, scheduler_settings
+from app.scheduler import (
+    SCORING_NICE,
+    Scheduler,
+    SchedulerSettings,
+    report_receiver_errors,
+    scheduler_settings,
+)
 from ingest.store import Store
 
 SECRET = "whsec_" + base64.b64encode(b"scheduler-test-key-0123456789abc").decode()
@@ -146,6 +153,8 @@ def test_passes_keep_their_scoring_processes_until_stop(tmp_path: Path) -> None:
         pool = sched._pool
         started = list(pool.started)
         assert len(started) == 2
+        base = os.nice(0)  # the scoring processes run below this process's priority
+        assert all(nice == min(base + SCORING_NICE, 19) for *_, nice in started)
         assert "error" not in sched.run_pass()
         assert sched._pool is pool and pool.started == started
         sched.stop(flush=False)
