@@ -305,8 +305,6 @@ _SPAN = 128
 #: point by point, a block costs ``block x kept`` comparisons and a sort; the rolling pass costs about the
 #: same at 128 points and less beyond (1.6 ms instead of 2.3 ms at 720 points, q = 0.99, window = 1440)
 _BULK = 128
-#: cells (points x candidates) per step of :func:`_thresholds` (bounds its work arrays)
-_CELLS = 1 << 18
 #: hits gathered per step when summing each point's window of exceedances (bounds the work array)
 _GATHER = 1 << 20
 
@@ -432,7 +430,19 @@ def exceedance_update(
         i = count + np.arange(b)  # stream positions of the new points
         # the threshold: the window [i - window, i - 1] holds min(window, i) values; its q quantile interpolates
         # two of its largest, which are all among the kept values and the new ones before i
-        u = _thresholds(np.concatenate((pos, i)), np.concatenate((val, hist)), i, q, window)
+        cand_pos, cand_val = np.concatenate((pos, i)), np.concatenate((val, hist))
+        inside = (cand_pos >= (i - window)[:, None]) & (cand_pos < i[:, None])
+        srt = np.sort(np.where(inside, cand_val, -np.inf), axis=1)
+        c = np.minimum(window, i)
+        at = q * (c - 1)
+        lo, hi = np.floor(at), np.ceil(at)
+        m = srt.shape[1]
+        rows = np.arange(b)
+        # rank lo of the window's c values is rank m - c + lo of the row (the rest of the row is -inf or smaller)
+        v_lo = srt[rows, np.minimum(np.maximum(m - c + lo.astype(np.int64), 0), m - 1)]
+        v_hi = srt[rows, np.minimum(np.maximum(m - c + hi.astype(np.int64), 0), m - 1)]
+        with np.errstate(invalid="ignore"):
+            u = np.where(c >= 2, v_lo + (v_hi - v_lo) * (at - lo), np.inf)
         hit = hist > u
         if hit.any():
             hit_pos = np.concatenate((hit_pos, i[hit]))
@@ -450,60 +460,6 @@ def exceedance_update(
             keep = hit_pos >= count - window
             hit_pos, hit_exc = hit_pos[keep], hit_exc[keep]
     return out, ExceedanceState(count, pos, val, cnt, hit_pos, hit_exc)
-
-
-def _thresholds(
-    cand_pos: np.ndarray, cand_val: np.ndarray, i: np.ndarray, q: float, window: int
-) -> np.ndarray:
-    """The ``q`` quantile (polars' linear interpolation, bit for bit) of the trailing window ``[i - window, i - 1]``
-    of each stream position ``i``, from candidate values that include every one of each window's
-    ``top_ranks(q, window)`` largest (the window's other values only count: ``min(window, i)`` of them)."""
-    u = np.empty(i.size)
-    step = max(1, _CELLS // max(cand_pos.size, 1))
-    for a in range(0, i.size, step):
-        ii = i[a : a + step]
-        inside = (cand_pos >= (ii - window)[:, None]) & (cand_pos < ii[:, None])
-        srt = np.sort(np.where(inside, cand_val, -np.inf), axis=1)
-        c = np.minimum(window, ii)
-        at = q * (c - 1)
-        lo, hi = np.floor(at), np.ceil(at)
-        m = srt.shape[1]
-        rows = np.arange(ii.size)
-        # rank lo of the window's c values is rank m - c + lo of the row (the rest of the row is -inf or smaller)
-        v_lo = srt[rows, np.minimum(np.maximum(m - c + lo.astype(np.int64), 0), m - 1)]
-        v_hi = srt[rows, np.minimum(np.maximum(m - c + hi.astype(np.int64), 0), m - 1)]
-        with np.errstate(invalid="ignore"):
-            u[a : a + step] = np.where(c >= 2, v_lo + (v_hi - v_lo) * (at - lo), np.inf)
-    return u
-
-
-def _bulk_thresholds(state: ExceedanceState, hist: np.ndarray, q: float, window: int) -> np.ndarray | None:
-    """:func:`_thresholds` of many new points from a few candidates, or None when the state cannot bound them.
-
-    New points go in steps of half a window. The values before a step that are inside the window of its last
-    point are inside every window of the step; a value below the ``k``-th largest of them has ``k`` larger
-    ones in every window of the step, so it is never among a window's ``k`` largest. Only the values at least
-    that large are candidates: about a hundred kept values and a few percent of the new points at
-    ``q = 0.99``, instead of a rolling pass over the whole trailing window (2.8 ms a channel at 6,000).
-    """
-    k = top_ranks(q, window)
-    n, count = hist.size, state.count
-    i = count + np.arange(n)
-    pool_pos, pool_val = np.concatenate((state.top_pos, i)), np.concatenate((state.top_val, hist))
-    before = state.top_pos.size  # pool entries before new point 0
-    u = np.empty(n)
-    step = max(1, window // 2)
-    for a in range(0, n, step):
-        b = min(n, a + step)
-        known_pos, known_val = pool_pos[: before + a], pool_val[: before + a]
-        stay = known_val[known_pos >= count + b - 1 - window]
-        if stay.size < k:
-            return None  # early in the stream: the rolling pass
-        floor = np.partition(stay, stay.size - k)[stay.size - k]
-        upto_pos, upto_val = pool_pos[: before + b], pool_val[: before + b]
-        cand = (upto_val >= floor) & (upto_pos >= count + a - window)
-        u[a:b] = _thresholds(upto_pos[cand], upto_val[cand], i[a:b], q, window)
-    return u
 
 
 def _exceedance_scores(
@@ -563,15 +519,13 @@ def _exceedance_bulk(
     # the trailing window before the new points as it was, except that the values dropped from the state (each
     # has k later values at least as large, so it is never among a later window's k largest, which are all
     # its q quantile reads) are -inf: every later window has the same count and the same k largest values
-    u = _bulk_thresholds(state, hist, q, window)
-    if u is None:
-        before = min(window, count)
-        trail = np.full(before + n, -np.inf)
-        inside = state.top_pos >= count - before
-        trail[state.top_pos[inside] - (count - before)] = state.top_val[inside]
-        trail[before:] = hist
-        u = pl.Series(trail).rolling_quantile(q, "linear", window, min_samples=2).shift(1).to_numpy()[before:]
-        u = np.where(np.isnan(u), np.inf, u)
+    before = min(window, count)
+    trail = np.full(before + n, -np.inf)
+    inside = state.top_pos >= count - before
+    trail[state.top_pos[inside] - (count - before)] = state.top_val[inside]
+    trail[before:] = hist
+    u = pl.Series(trail).rolling_quantile(q, "linear", window, min_samples=2).shift(1).to_numpy()[before:]
+    u = np.where(np.isnan(u), np.inf, u)
     hit = hist > u
     hit_pos = np.concatenate((state.hit_pos, i[hit]))
     hit_exc = np.concatenate((state.hit_exc, hist[hit] - u[hit]))
