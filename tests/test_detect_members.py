@@ -18,9 +18,9 @@ from ingest.schema import HISTOGRAMS, POINTS, SERIES
 from ingest.store import Store
 
 START = datetime(2026, 10, 1)
-HISTORY = 1440  # minutes ingested before the staggered part
-STAGGERED = 40  # minutes whose members arrive one pass apart
-SHIFT = HISTORY + 15  # every member jumps here (so the compared scores include an alarm)
+HISTORY = 720  # minutes ingested before the staggered part
+STAGGERED = 25  # minutes whose members arrive one pass apart
+SHIFT = HISTORY + 10  # every member jumps here (so the compared scores include an alarm)
 BOUNDS = [10.0, 20.0, 50.0, 100.0, 200.0]
 
 
