@@ -58,7 +58,11 @@ class DetectConfig:
     min_points: int = 30  # a series with fewer points waits for more before its first fit
     quantile: float = 0.99  # histogram KPI
     workers: int | None = None  # scoring processes (None: one per core; 1: in this process)
-    quantile_min_observations: int = 0  # >0: the KPI quantile is over trailing intervals holding this many
+    #: the KPI quantile is over the trailing intervals holding about this many observations (0: each interval
+    #: alone): the p99 of fewer than 100 is their maximum, which jumps a bucket whenever one slow request lands
+    #: (the simulator's false pages on a predictor instance serving ~45 requests a minute); a busy series keeps
+    #: one interval
+    quantile_min_observations: int = 100
     #: a metric of one service with more series than this (per-tenant usage, ...) is detected on its aggregate
     #: (the KPI); which tenants/models moved is the root-cause engine's dimension analysis, not a page each
     max_series_per_metric: int = 50

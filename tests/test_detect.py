@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pytest
 
 from app.detect import DetectConfig, histogram_quantile_series, run_detection
 from ingest.batch import TelemetryBatch, labels_list, series_id
@@ -454,3 +455,43 @@ def test_a_service_gone_silent_as_a_whole_keeps_its_incident_open(store: Store) 
     run_detection(store)
     (inc,) = [i for i in list_incidents(store) if i["service"] == "api"]
     assert inc["status"] == "open"
+
+
+def test_histogram_p99_pools_trailing_minutes_of_a_quiet_series() -> None:
+    """The p99 of ~40 requests is their maximum: with ``min_observations`` a quiet series' KPI is the p99 of the
+    trailing minutes that hold about that many (causal), a busy one keeps each minute alone."""
+    bounds = [10.0, 20.0, 50.0, 100.0]
+    rng = np.random.default_rng(5)
+
+    def rows(per_minute: int, minutes: int = 30) -> pl.DataFrame:
+        cum = np.zeros(len(bounds) + 1)
+        recs = []
+        for i in range(minutes):
+            x = rng.gamma(3.0, 4.0, per_minute)
+            cum += np.bincount(np.searchsorted(bounds, x), minlength=len(bounds) + 1)
+            t = START + timedelta(minutes=i)
+            recs.append((7, t, float(cum.sum()), float(x.sum()), None, None, bounds, cum.tolist(), True))
+        return pl.DataFrame(recs, schema=HISTOGRAMS, orient="row")
+
+    quiet = rows(40)
+    alone = histogram_quantile_series(quiet, 0.99, 1)
+    pooled = histogram_quantile_series(quiet, 0.99, 1, min_observations=100)
+    # span ceil(100 / 40) = 3: each point is the p99 of its own and the two earlier intervals' increments
+    counts = np.vstack(quiet.sort("ts")["counts"].to_list())
+    inc = np.diff(counts, axis=0)
+    for j in range(2, inc.shape[0]):
+        window = inc[j - 2 : j + 1].sum(axis=0)
+        one = pl.DataFrame(
+            [
+                (7, START, 0.0, 0.0, None, None, bounds, [0.0] * 5, True),
+                (7, START + timedelta(minutes=1), 0.0, 0.0, None, None, bounds, window.tolist(), True),
+            ],
+            schema=HISTOGRAMS,
+            orient="row",
+        )
+        assert pooled["value"][j] == pytest.approx(histogram_quantile_series(one, 0.99, 1)["value"][0])
+    assert pooled["value"].std() < alone["value"].std()  # the KPI no longer jumps with one slow request
+    busy = rows(400)
+    assert histogram_quantile_series(busy, 0.99, 1, min_observations=100).equals(
+        histogram_quantile_series(busy, 0.99, 1)
+    )
