@@ -76,6 +76,10 @@ class DetectConfig:
     #: service's newest scored point; a service that went silent as a whole keeps its incidents open
     silent_after: timedelta = timedelta(minutes=15)
 
+    def scoring_processes(self) -> int:
+        """``workers``, with None read as one per core."""
+        return self.workers if self.workers is not None else (os.cpu_count() or 1)
+
 
 @dataclass
 class DetectReport:
@@ -259,7 +263,7 @@ def run_detection(
     incidents: dict[str, Incident] = {}
     ids = list(meta)
     batches = [ids[b : b + config.batch] for b in range(0, len(ids), config.batch)]
-    workers = config.workers if config.workers is not None else (os.cpu_count() or 1)
+    workers = config.scoring_processes()
     done = 0
 
     def apply(batch: list[int], result: tuple[Any, pl.DataFrame, list[Episode], int]) -> None:
@@ -448,7 +452,9 @@ def _prepare(
     """Everything scoring a batch needs, read from the store: new points, states, history for refits."""
     states = results.load_states(store, batch, pickled=True)  # unpickled where they are scored
     since = {sid: (states[sid].scored_until if sid in states else None) for sid in batch}
-    frame = _read_points(store, since, meta, config)
+    # computed once: the refit history below ends where the new points do
+    complete = _complete_until(store, since, meta, config.member_grace)
+    frame = _read_points(store, since, meta, config, complete=complete)
     # the one place that decides which batch members are refitted (their fit is older than the detector's
     # refit interval at the newest scored point); the worker refits exactly the series read here
     history = None
@@ -460,7 +466,9 @@ def _prepare(
         due = [s for s in batch if s in states and s in last_us and needs(_fitted_us(states[s]), last_us[s])]
         if due:
             until = last.filter(pl.col("series_id").is_in(due))["ts"].max()
-            history = _read_points(store, dict.fromkeys(due, until - config.history), meta, config)
+            history = _read_points(
+                store, dict.fromkeys(due, until - config.history), meta, config, complete=complete
+            )
     return frame, batch, {s: meta[s] for s in batch}, states, config, history
 
 
@@ -588,11 +596,18 @@ def _plan(store: Store, catalog: pl.DataFrame, config: DetectConfig) -> dict[int
 
 
 def _read_points(
-    store: Store, since: dict[int, datetime | None], meta: dict[int, dict[str, Any]], config: DetectConfig
+    store: Store,
+    since: dict[int, datetime | None],
+    meta: dict[int, dict[str, Any]],
+    config: DetectConfig,
+    *,
+    complete: dict[int, datetime] | None = None,
 ) -> pl.DataFrame:
     """Points after ``since[sid]`` of logical series: stitched and aggregated members combined, histograms
-    turned into their quantile series; a series with several members only up to :func:`_complete_until`."""
-    complete = _complete_until(store, since, meta, config.member_grace)
+    turned into their quantile series; a series with several members only up to :func:`_complete_until`
+    (``complete``, when the caller has it already)."""
+    if complete is None:
+        complete = _complete_until(store, since, meta, config.member_grace)
     single = {s: v for s, v in since.items() if meta[s]["how"] == "series" and meta[s]["kind"] != "histogram"}
     frames = [results.points_since(store, single)] if single else []
     for s, v in since.items():

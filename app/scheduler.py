@@ -260,7 +260,7 @@ class Scheduler:
         out: dict[str, Any] = {}
         try:
             config = self.detect_config or DetectConfig(workers=self.settings.detect_workers)
-            detected = run_detection(self.store, config, pool=self._scoring_pool(config.workers))
+            detected = run_detection(self.store, config, pool=self._scoring_pool(config.scoring_processes()))
             out["detect"] = detected.to_dict()
             out["rca"] = explain_new_incidents(self.store)
             routed = route_incidents(self.store, self.alerting, now=now or _utcnow())
@@ -290,13 +290,10 @@ class Scheduler:
             self._pipeline_idle.set()
         return out
 
-    def _scoring_pool(self, workers: int | None) -> Any:
+    def _scoring_pool(self, workers: int) -> Any:
         """The scoring processes kept between passes (started by the first pass that needs them)."""
-        import os
-
         from app.detect import ScoringPool
 
-        workers = workers if workers is not None else (os.cpu_count() or 1)
         if workers <= 1:
             return None
         if self._pool is None or self._pool.workers != workers:
