@@ -18,6 +18,7 @@ Two calibrators:
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -296,17 +297,10 @@ class ExceedanceState:
         object.__setattr__(self, "hit_exc", state["hit_exc"])
 
 
-#: new points per step of :func:`exceedance_update` (bounds its ``block x kept`` work arrays)
+#: block length of :func:`_later_at_least`'s bound and of :func:`_later_in_blocks`' steps
+_SPAN = 128
 _BLOCK = 64
 _LATER = np.triu(np.ones((_BLOCK, _BLOCK), dtype=bool), 1)  # [i, j]: j comes after i within a block
-#: block length of :func:`_later_at_least`'s bound
-_SPAN = 128
-#: from this many new points on, :func:`exceedance_update` takes one rolling pass (:func:`_exceedance_bulk`):
-#: point by point, a block costs ``block x kept`` comparisons and a sort; the rolling pass costs about the
-#: same at 128 points and less beyond (1.6 ms instead of 2.3 ms at 720 points, q = 0.99, window = 1440)
-_BULK = 128
-#: hits gathered per step when summing each point's window of exceedances (bounds the work array)
-_GATHER = 1 << 20
 
 
 def _empty_exceedance(count: int = 0) -> ExceedanceState:
@@ -314,24 +308,9 @@ def _empty_exceedance(count: int = 0) -> ExceedanceState:
     return ExceedanceState(count, e, np.zeros(0), e, e, np.zeros(0))
 
 
-def _add_top(
-    pos: np.ndarray, val: np.ndarray, cnt: np.ndarray, new_pos: np.ndarray, new_val: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Append values (in stream order) to the kept top values, dropping those with ``k`` later values >= them."""
-    for a in range(0, new_val.size, _BLOCK):
-        p, v = new_pos[a : a + _BLOCK], new_val[a : a + _BLOCK]
-        cnt = cnt + (val[:, None] <= v).sum(axis=1)
-        later = ((v >= v[:, None]) & _LATER[: v.size, : v.size]).sum(axis=1)
-        pos, val, cnt = np.concatenate((pos, p)), np.concatenate((val, v)), np.concatenate((cnt, later))
-        keep = cnt < k
-        if not keep.all():
-            pos, val, cnt = pos[keep], val[keep], cnt[keep]
-    return pos, val, cnt
-
-
 def _later_at_least(val: np.ndarray, k: int) -> np.ndarray:
     """For values in stream order, how many later values are at least as large — exact below ``k``, some
-    number ``>= k`` otherwise (what :func:`_add_top` counts).
+    number ``>= k`` otherwise (the counts :class:`ExceedanceState` keeps).
 
     A value not above the k-th largest of some later block of ``_SPAN`` values has k later values at least as
     large. The others are counted among themselves: every later value at least as large as a value with fewer
@@ -400,10 +379,8 @@ def exceedance_update(
     Same thresholds (the ``q`` quantile by polars' linear interpolation, from the kept top values), same
     exceedance sums, so the scores equal those of :func:`exceedance_z` over the whole stream (the sums up to
     rounding: here each window's exceedances are summed afresh) and do not depend on how the stream was cut
-    into pieces. A few new points cost time proportional to the kept values, not to ``window``; from
-    ``_BULK`` new points on, the thresholds come from one rolling pass over the trailing window (the kept
-    values in place, the others below them) and the new points, so a long catch-up costs what a batch pass
-    over it costs.
+    into pieces. Point by point in compiled code (:func:`_exceedance_steps`): each new point costs time
+    proportional to the few kept values it moves, not to ``window``.
 
     Examples
     --------
@@ -415,132 +392,173 @@ def exceedance_update(
     True
     """
     x = _finite(np.asarray(raw, dtype=np.float64))
-    hist_all = np.minimum(x, cap) if cap is not None else x
-    if x.size >= _BULK:
-        return _exceedance_bulk(
-            x, hist_all, state, q=q, window=window, min_history=min_history, min_scale=min_scale
-        )
-    k = top_ranks(q, window)
-    out = np.zeros(x.size)
-    pos, val, cnt = state.top_pos, state.top_val, state.top_cnt
-    hit_pos, hit_exc, count = state.hit_pos, state.hit_exc, state.count
-    for a in range(0, x.size, _BLOCK):
-        xb, hist = x[a : a + _BLOCK], hist_all[a : a + _BLOCK]
-        b = xb.size
-        i = count + np.arange(b)  # stream positions of the new points
-        # the threshold: the window [i - window, i - 1] holds min(window, i) values; its q quantile interpolates
-        # two of its largest, which are all among the kept values and the new ones before i
-        cand_pos, cand_val = np.concatenate((pos, i)), np.concatenate((val, hist))
-        inside = (cand_pos >= (i - window)[:, None]) & (cand_pos < i[:, None])
-        srt = np.sort(np.where(inside, cand_val, -np.inf), axis=1)
-        c = np.minimum(window, i)
-        at = q * (c - 1)
-        lo, hi = np.floor(at), np.ceil(at)
-        m = srt.shape[1]
-        rows = np.arange(b)
-        # rank lo of the window's c values is rank m - c + lo of the row (the rest of the row is -inf or smaller)
-        v_lo = srt[rows, np.minimum(np.maximum(m - c + lo.astype(np.int64), 0), m - 1)]
-        v_hi = srt[rows, np.minimum(np.maximum(m - c + hi.astype(np.int64), 0), m - 1)]
-        with np.errstate(invalid="ignore"):
-            u = np.where(c >= 2, v_lo + (v_hi - v_lo) * (at - lo), np.inf)
-        hit = hist > u
-        if hit.any():
-            hit_pos = np.concatenate((hit_pos, i[hit]))
-            hit_exc = np.concatenate((hit_exc, hist[hit] - u[hit]))
-        out[a : a + b] = _exceedance_scores(
-            xb, u, i, hit_pos, hit_exc, count, q, window, min_history, min_scale
-        )
-        pos, val, cnt = _add_top(pos, val, cnt, i, hist, k)
-        count += b
-        # nothing before the next point's window is needed again
-        if pos.size and pos[0] < count - window:
-            keep = pos >= count - window
-            pos, val, cnt = pos[keep], val[keep], cnt[keep]
-        if hit_pos.size and hit_pos[0] < count - window:
-            keep = hit_pos >= count - window
-            hit_pos, hit_exc = hit_pos[keep], hit_exc[keep]
-    return out, ExceedanceState(count, pos, val, cnt, hit_pos, hit_exc)
-
-
-def _exceedance_scores(
-    x: np.ndarray,
-    u: np.ndarray,
-    i: np.ndarray,
-    hit_pos: np.ndarray,
-    hit_exc: np.ndarray,
-    count: int,
-    q: float,
-    window: int,
-    min_history: int,
-    min_scale: float,
-) -> np.ndarray:
-    """z of the new points ``x`` (stream positions ``i``, thresholds ``u``) given every exceedance up to them."""
-    # exceedances in each point's window: a run of the (position-sorted) hits, summed on their own so the sum
-    # does not depend on where a stream was cut into pieces
-    first = np.searchsorted(hit_pos, i - window)
-    n_hits = np.searchsorted(hit_pos, i) - first
-    exc_sum = np.zeros(i.size)
-    some = np.flatnonzero(n_hits > 0)
-    if some.size:
-        runs = n_hits[some]
-        ends = np.cumsum(runs)
-        # in steps of about _GATHER gathered hits (a run of rising values can put every point of the window
-        # in each run)
-        cuts = np.searchsorted(ends, np.arange(_GATHER, ends[-1], _GATHER))
-        for a, b in zip(np.r_[0, cuts], np.r_[cuts, some.size], strict=True):
-            if a == b:
-                continue
-            r = runs[a:b]
-            starts = np.cumsum(r) - r
-            take = np.arange(starts[-1] + r[-1]) + np.repeat(first[some[a:b]] - starts, r)
-            exc_sum[some[a:b]] = np.add.reduceat(hit_exc[take], starts)
-    if count == 0:
-        exc_sum[0] = np.nan  # polars: the first point has no window at all
-    z = z_of_tail(_exceedance_tail(x, u, exc_sum, n_hits.astype(np.float64), q, min_scale))
-    if count < min_history:
-        z[i < min_history] = 0.0
-    return z
-
-
-def _exceedance_bulk(
-    x: np.ndarray,
-    hist: np.ndarray,
-    state: ExceedanceState,
-    *,
-    q: float,
-    window: int,
-    min_history: int,
-    min_scale: float,
-) -> tuple[np.ndarray, ExceedanceState]:
-    """:func:`exceedance_update` of many new points at once (vectorised; the same floats as point by point)."""
-    k = top_ranks(q, window)
+    hist = np.minimum(x, cap) if cap is not None else x
     count, n = state.count, x.size
-    i = count + np.arange(n)
-    # the trailing window before the new points as it was, except that the values dropped from the state (each
-    # has k later values at least as large, so it is never among a later window's k largest, which are all
-    # its q quantile reads) are -inf: every later window has the same count and the same k largest values
-    before = min(window, count)
-    trail = np.full(before + n, -np.inf)
-    inside = state.top_pos >= count - before
-    trail[state.top_pos[inside] - (count - before)] = state.top_val[inside]
-    trail[before:] = hist
-    u = pl.Series(trail).rolling_quantile(q, "linear", window, min_samples=2).shift(1).to_numpy()[before:]
-    u = np.where(np.isnan(u), np.inf, u)
-    hit = hist > u
-    hit_pos = np.concatenate((state.hit_pos, i[hit]))
-    hit_exc = np.concatenate((state.hit_exc, hist[hit] - u[hit]))
-    z = _exceedance_scores(x, u, i, hit_pos, hit_exc, count, q, window, min_history, min_scale)
-    # the state after the new points: of the last window, the values with fewer than k later ones at least as
-    # large — kept values gain the new ones at least as large, new values count among themselves
+    # the kernel walks the kept values from the largest down (ties in stream order)
+    order = np.lexsort((state.top_pos, -state.top_val))
+    u, exc_sum, n_hits, pos, val, cnt, hit_pos, hit_exc = _exceedance_kernel()(
+        hist,
+        count,
+        np.ascontiguousarray(state.top_pos[order], dtype=np.int64),
+        np.ascontiguousarray(state.top_val[order], dtype=np.float64),
+        np.ascontiguousarray(state.top_cnt[order], dtype=np.int64),
+        np.ascontiguousarray(state.hit_pos, dtype=np.int64),
+        np.ascontiguousarray(state.hit_exc, dtype=np.float64),
+        float(q),
+        int(window),
+        top_ranks(q, window),
+    )
+    if count == 0 and n:
+        exc_sum[0] = np.nan  # polars: the first point has no window at all
+    z = z_of_tail(_exceedance_tail(x, u, exc_sum, n_hits, q, min_scale))
+    if count < min_history:
+        z[: min(n, min_history - count)] = 0.0
+    by_pos = np.argsort(pos, kind="stable")
+    return z, ExceedanceState(count + n, pos[by_pos], val[by_pos], cnt[by_pos], hit_pos, hit_exc)
+
+
+def _exceedance_steps(
+    hist: np.ndarray,
+    count: int,
+    pos0: np.ndarray,
+    val0: np.ndarray,
+    cnt0: np.ndarray,
+    hit_pos0: np.ndarray,
+    hit_exc0: np.ndarray,
+    q: float,
+    window: int,
+    k: int,
+) -> tuple[np.ndarray, ...]:
+    """The loop of :func:`exceedance_update` (compiled by :func:`_exceedance_kernel`): for each new value, its
+    threshold ``u`` from the kept values of its window, the exceedances in that window (their sum, summed afresh
+    in stream order, and their number), then the value joins the kept ones. The kept values are held sorted
+    from the largest down: the threshold reads two of the first ``k`` live ones, and a new value only touches
+    the kept values it is at least as large as (they gain one later value; those with ``k`` leave). Values
+    that left the window are skipped while reading and dropped every ``_COMPACT`` points and at the end."""
+    n = hist.size
+    cap_m = pos0.size + n
+    pos = np.empty(cap_m, np.int64)
+    val = np.empty(cap_m)
+    cnt = np.empty(cap_m, np.int64)
+    m = pos0.size
+    pos[:m] = pos0
+    val[:m] = val0
+    cnt[:m] = cnt0
+    hpos = np.empty(hit_pos0.size + n, np.int64)
+    hexc = np.empty(hit_pos0.size + n)
+    h1 = hit_pos0.size
+    hpos[:h1] = hit_pos0
+    hexc[:h1] = hit_exc0
+    h0 = 0
+    u = np.empty(n)
+    exc_sum = np.empty(n)
+    n_hits = np.empty(n)
+    scratch_pos = np.empty(cap_m, np.int64)
+    scratch_val = np.empty(cap_m)
+    scratch_cnt = np.empty(cap_m, np.int64)
+    for j in range(n):
+        i = count + j
+        first = i - window  # the window of point i: positions first .. i - 1
+        if j % _COMPACT == 0:
+            w = 0
+            for r in range(m):
+                if pos[r] >= first:
+                    pos[w] = pos[r]
+                    val[w] = val[r]
+                    cnt[w] = cnt[r]
+                    w += 1
+            m = w
+        c = min(window, i)
+        if c >= 2:
+            at = q * (c - 1)
+            lo = np.floor(at)
+            hi = np.ceil(at)
+            # ascending rank lo of the window's c values is rank c - 1 - lo from the largest
+            want_lo = c - 1 - int(lo)
+            want_hi = c - 1 - int(hi)
+            v_lo = np.nan
+            v_hi = np.nan
+            rank = 0
+            for r in range(m):
+                if pos[r] < first:
+                    continue
+                if rank == want_hi:
+                    v_hi = val[r]
+                if rank == want_lo:
+                    v_lo = val[r]
+                    break
+                rank += 1
+            ui = v_lo + (v_hi - v_lo) * (at - lo)
+            if np.isnan(ui):
+                ui = np.inf
+        else:
+            ui = np.inf
+        u[j] = ui
+        while h0 < h1 and hpos[h0] < first:
+            h0 += 1
+        total = 0.0
+        for r in range(h0, h1):
+            total += hexc[r]
+        exc_sum[j] = total
+        n_hits[j] = h1 - h0
+        v = hist[j]
+        if v > ui:
+            hpos[h1] = i
+            hexc[h1] = v - ui
+            h1 += 1
+        # the kept values at most v (a suffix): one more later value each; v goes first among them
+        a, b = 0, m
+        while a < b:
+            mid = (a + b) // 2
+            if val[mid] > v:
+                a = mid + 1
+            else:
+                b = mid
+        w = 0
+        for r in range(a, m):
+            if cnt[r] + 1 < k:
+                scratch_pos[w] = pos[r]
+                scratch_val[w] = val[r]
+                scratch_cnt[w] = cnt[r] + 1
+                w += 1
+        pos[a] = i
+        val[a] = v
+        cnt[a] = 0
+        for r in range(w):
+            pos[a + 1 + r] = scratch_pos[r]
+            val[a + 1 + r] = scratch_val[r]
+            cnt[a + 1 + r] = scratch_cnt[r]
+        m = a + 1 + w
     end = count + n
-    old = state.top_pos >= end - window
-    srt = np.sort(hist)
-    old_cnt = state.top_cnt[old] + (n - np.searchsorted(srt, state.top_val[old], side="left"))
-    a = max(0, n - window)
-    new_cnt = _later_at_least(hist[a:], k)
-    pos = np.concatenate((state.top_pos[old], i[a:]))
-    val = np.concatenate((state.top_val[old], hist[a:]))
-    cnt = np.concatenate((old_cnt, new_cnt))
-    top = cnt < k
-    live = hit_pos >= end - window
-    return z, ExceedanceState(end, pos[top], val[top], cnt[top], hit_pos[live], hit_exc[live])
+    w = 0
+    for r in range(m):
+        if pos[r] >= end - window:
+            pos[w] = pos[r]
+            val[w] = val[r]
+            cnt[w] = cnt[r]
+            w += 1
+    while h0 < h1 and hpos[h0] < end - window:
+        h0 += 1
+    return (
+        u,
+        exc_sum,
+        n_hits,
+        pos[:w].copy(),
+        val[:w].copy(),
+        cnt[:w].copy(),
+        hpos[h0:h1].copy(),
+        hexc[h0:h1].copy(),
+    )
+
+
+#: new points between two sweeps of :func:`_exceedance_steps` that drop kept values left behind by the window
+_COMPACT = 64
+
+
+@functools.cache
+def _exceedance_kernel() -> Callable[..., tuple[np.ndarray, ...]]:
+    """:func:`_exceedance_steps` compiled by numba (imported here: only incremental scoring needs it). The
+    machine code is cached beside this module, so worker processes load it instead of compiling again."""
+    import numba
+
+    return numba.njit(cache=True, nogil=True)(_exceedance_steps)
