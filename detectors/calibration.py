@@ -18,12 +18,13 @@ Two calibrators:
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 from scipy.special import ndtr, ndtri
+
+from detectors.compiled import compiled
 
 #: calibrated scores are clipped here: a tail probability of ~1e-300 is "certain" for every purpose
 Z_MAX = 37.0
@@ -396,7 +397,7 @@ def exceedance_update(
     count, n = state.count, x.size
     # the kernel walks the kept values from the largest down (ties in stream order)
     order = np.lexsort((state.top_pos, -state.top_val))
-    u, exc_sum, n_hits, pos, val, cnt, hit_pos, hit_exc = _exceedance_kernel()(
+    u, exc_sum, n_hits, pos, val, cnt, hit_pos, hit_exc = _exceedance_steps(
         hist,
         count,
         np.ascontiguousarray(state.top_pos[order], dtype=np.int64),
@@ -417,6 +418,11 @@ def exceedance_update(
     return z, ExceedanceState(count + n, pos[by_pos], val[by_pos], cnt[by_pos], hit_pos, hit_exc)
 
 
+#: new points between two sweeps of :func:`_exceedance_steps` that drop kept values left behind by the window
+_COMPACT = 64
+
+
+@compiled
 def _exceedance_steps(
     hist: np.ndarray,
     count: int,
@@ -429,7 +435,7 @@ def _exceedance_steps(
     window: int,
     k: int,
 ) -> tuple[np.ndarray, ...]:
-    """The loop of :func:`exceedance_update` (compiled by :func:`_exceedance_kernel`): for each new value, its
+    """The loop of :func:`exceedance_update` (compiled): for each new value, its
     threshold ``u`` from the kept values of its window, the exceedances in that window (their sum, summed afresh
     in stream order, and their number), then the value joins the kept ones. The kept values are held sorted
     from the largest down: the threshold reads two of the first ``k`` live ones, and a new value only touches
@@ -549,16 +555,3 @@ def _exceedance_steps(
         hpos[h0:h1].copy(),
         hexc[h0:h1].copy(),
     )
-
-
-#: new points between two sweeps of :func:`_exceedance_steps` that drop kept values left behind by the window
-_COMPACT = 64
-
-
-@functools.cache
-def _exceedance_kernel() -> Callable[..., tuple[np.ndarray, ...]]:
-    """:func:`_exceedance_steps` compiled by numba (imported here: only incremental scoring needs it). The
-    machine code is cached beside this module, so worker processes load it instead of compiling again."""
-    import numba
-
-    return numba.njit(cache=True, nogil=True)(_exceedance_steps)

@@ -68,6 +68,7 @@ from detectors.calibration import (
     tail_of_z,
     z_of_tail,
 )
+from detectors.compiled import compiled
 
 
 @dataclass(frozen=True)
@@ -339,9 +340,6 @@ def _volatility_from(short_sd: np.ndarray, long_sd: np.ndarray, res: np.ndarray)
 
 
 # -- the same statistics at the last few points only (StreamingDetector's incremental path) --------------
-#: up to this many new points, window quantiles are read off sorted windows (numpy); beyond, polars' rolling
-#: kernels over the suffix are cheaper. Both give the same floats (order statistics, one interpolation).
-_SMALL = 32
 #: rows per step where a statistic materialises one window per point
 _ROWS = 1024
 
@@ -359,11 +357,10 @@ def _window_stats(
 ) -> list[np.ndarray]:
     """The ``quantiles`` (and with ``extremes`` the max and min, 2 values at least) of the ``window`` values
     before each of the last ``n`` points of ``a`` — the values of :func:`_rolling_quantiles` and
-    :func:`range_surprise`'s rolling max/min there; ``a`` starts at the stream's start or holds a full window
-    before the first of them. NaN where fewer than ``min_samples`` values exist."""
-    size = a.size
-    if n > _SMALL:
-        part = a[max(0, size - n - window) :]
+    :func:`range_surprise`'s rolling max/min there, bit for bit; ``a`` starts at the stream's start or holds a
+    full window before the first of them. NaN where fewer than ``min_samples`` values exist."""
+    part = np.ascontiguousarray(a[max(0, a.size - n - window) :], dtype=np.float64)
+    if np.isnan(part).any():  # NaN has no place in a sorted window: polars decides (input is ffill'd: rare)
         s = _before_each(part)
         out = [
             _after_first(
@@ -378,21 +375,66 @@ def _window_stats(
             out += [_after_first(s.rolling_max(window, min_samples=2), part.size)[-n:]]
             out += [_after_first(s.rolling_min(window, min_samples=2), part.size)[-n:]]
         return out
-    ends = np.arange(size - n, size) - 1
-    srt = np.sort(_windows(a, ends, window, np.nan)[0], axis=1)  # NaN padding sorts last
-    count = np.minimum(window, ends + 1)
-    rows = np.arange(n)
-    out = []
-    for q in quantiles:
-        at = q * (count - 1)
-        lo, hi = np.floor(at), np.ceil(at)
-        v_lo = srt[rows, np.maximum(lo.astype(np.int64), 0)]  # lo = -1 without values (masked below)
-        v_hi = srt[rows, hi.astype(np.int64)]
-        with np.errstate(invalid="ignore"):
-            out.append(np.where(count >= min_samples, v_lo + (v_hi - v_lo) * (at - lo), np.nan))
-    if extremes:
-        out.append(np.where(count >= 2, srt[rows, np.maximum(count - 1, 0)], np.nan))
-        out.append(np.where(count >= 2, srt[:, 0], np.nan))
+    stats = _window_order_steps(
+        part, n, window, min_samples, np.asarray(quantiles, dtype=np.float64), extremes
+    )
+    return list(stats)
+
+
+@compiled
+def _window_order_steps(
+    a: np.ndarray, n: int, window: int, min_samples: int, quantiles: np.ndarray, extremes: bool
+) -> np.ndarray:
+    """:func:`_window_stats` as one sorted window slid over the last ``n`` points (compiled): each step
+    removes the value that leaves and inserts the one that enters (binary search, then a shift), and reads
+    the order statistics off; the interpolation is polars' ``lo + (hi - lo) * (at - floor(at))``."""
+    size = a.size
+    start = size - n
+    first = max(0, start - window)
+    m = start - first
+    # a full window and one more (a value enters before one leaves)
+    buf = np.empty(min(window, size) + 1)
+    buf[:m] = np.sort(a[first:start])
+    rows = quantiles.size + (2 if extremes else 0)
+    out = np.full((rows, n), np.nan)
+    for j in range(n):
+        p = start + j
+        if j > 0:
+            v = a[p - 1]
+            lo, hi = 0, m
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if buf[mid] < v:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            for r in range(m, lo, -1):
+                buf[r] = buf[r - 1]
+            buf[lo] = v
+            m += 1
+            if p - 1 - window >= 0:
+                g = a[p - 1 - window]
+                lo, hi = 0, m
+                while lo < hi:
+                    mid = (lo + hi) // 2
+                    if buf[mid] < g:
+                        lo = mid + 1
+                    else:
+                        hi = mid
+                for r in range(lo, m - 1):
+                    buf[r] = buf[r + 1]
+                m -= 1
+        if m >= min_samples and m > 0:
+            for k in range(quantiles.size):
+                at = quantiles[k] * (m - 1)
+                f = np.floor(at)
+                c = np.ceil(at)
+                v_lo = buf[int(f)]
+                v_hi = buf[int(c)]
+                out[k, j] = v_lo + (v_hi - v_lo) * (at - f)
+        if extremes and m >= 2:
+            out[quantiles.size, j] = buf[m - 1]
+            out[quantiles.size + 1, j] = buf[0]
     return out
 
 

@@ -16,6 +16,12 @@ from ingest.store import Store
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
+# compiled loops (detectors/compiled.py) check every index under test: an out-of-bounds access raises
+# IndexError instead of reading or writing past an array; that code is cached apart from the unchecked code
+# runs outside the tests use (servers the tests start inherit both)
+os.environ.setdefault("NUMBA_BOUNDSCHECK", "1")
+os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "numba"))
+
 
 @pytest.fixture
 def store(tmp_path: Path):

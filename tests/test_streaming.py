@@ -464,21 +464,22 @@ def test_incremental_state_is_small() -> None:
 
 
 def test_window_quantiles_match_polars() -> None:
-    """Quantiles read off sorted windows (few new points) are polars' rolling values, bit for bit: ties,
-    partial windows and ``min_samples`` included."""
-    from detectors.streaming import _SMALL, _rolling_quantiles, _window_stats
+    """Quantiles of the compiled sliding window are polars' rolling values, bit for bit: ties, partial windows,
+    ``min_samples``, runs of any length and a series with gaps (NaN, polars' path) included."""
+    from detectors.streaming import _rolling_quantiles, _window_stats
 
     rng = np.random.default_rng(15)
     for y in (
         rng.normal(size=700) * 1e3,
         rng.choice([0.0, 1.0, 2.0], 700),
         np.round(rng.lognormal(2, 1, 700), 1),
+        np.where(rng.random(700) < 0.05, np.nan, rng.normal(size=700)),
     ):
         s = pl.Series(y).shift(1)
         expected = [*_rolling_quantiles(y, 100, 20), s.rolling_max(100, min_samples=2).to_numpy()]
         expected.append(s.rolling_min(100, min_samples=2).to_numpy())
         for end in (1, 7, 19, 20, 21, 99, 100, 101, 700):
-            for n in (1, min(5, end), min(_SMALL + 1, end)):
+            for n in {1, min(5, end), min(33, end), end}:
                 got = _window_stats(y[:end], n, 100, 20, (0.5, 0.25, 0.75), extremes=True)
                 for g, e in zip(got, expected, strict=True):
                     np.testing.assert_array_equal(g, e[end - n : end])
