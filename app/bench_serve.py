@@ -109,7 +109,7 @@ def bench_serve(
     clients: int = 4,
     out: Path,
     workdir: Path | None = None,
-    detect_interval: str = "1m",
+    detect_interval: str = "20s",
     detect_workers: int | None = None,
 ) -> dict[str, Any]:
     import psutil

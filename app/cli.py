@@ -866,7 +866,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--rate", type=float, default=100_000.0, help="serve: target OTLP points/s (default 100,000)"
     )
     p.add_argument(
-        "--detect-interval", default="1m", help="serve: the scheduler's detection interval (default 1m)"
+        "--detect-interval",
+        default="20s",
+        help="serve: the scheduler's detection interval (default 20s, the scheduler's)",
     )
     p.add_argument(
         "--detect-workers",
