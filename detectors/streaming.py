@@ -401,26 +401,13 @@ def _window_order_steps(
         p = start + j
         if j > 0:
             v = a[p - 1]
-            lo, hi = 0, m
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if buf[mid] < v:
-                    lo = mid + 1
-                else:
-                    hi = mid
+            lo = np.searchsorted(buf[:m], v)
             for r in range(m, lo, -1):
                 buf[r] = buf[r - 1]
             buf[lo] = v
             m += 1
             if p - 1 - window >= 0:
-                g = a[p - 1 - window]
-                lo, hi = 0, m
-                while lo < hi:
-                    mid = (lo + hi) // 2
-                    if buf[mid] < g:
-                        lo = mid + 1
-                    else:
-                        hi = mid
+                lo = np.searchsorted(buf[:m], a[p - 1 - window])  # the leaving value (or an equal one)
                 for r in range(lo, m - 1):
                     buf[r] = buf[r + 1]
                 m -= 1
