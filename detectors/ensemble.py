@@ -2,8 +2,9 @@
 
 The rule (documented in README, "Detection"):
 
-1. **Counter-like** (cumulative: at least 99 % of steps are ≥ 0 and the series grows) → detect on its
-   increments (``diff``, resets clipped to 0), because a counter's level says nothing, its rate everything.
+1. **Counter-like** (cumulative: at least 99 % of steps are ≥ 0, it rises at least 3 times and 3 times as often
+   as it falls, and it grows; :func:`is_counter_like`) → detect on its increments (``diff``, resets clipped to
+   0), because a counter's level says nothing, its rate everything.
 2. **Always** the causal :class:`~detectors.streaming.StreamingDetector` (level, change and sustained-shift
    surprises with streaming peaks-over-threshold calibration): catches spikes, level shifts and bursts on any
    series, quantised or not.
@@ -52,18 +53,29 @@ class EnsembleState:
 
 
 def is_counter_like(y: np.ndarray) -> bool:
-    """At least 99 % of steps non-negative and the series grows: a cumulative counter.
+    """A cumulative counter: at least 99 % of steps non-negative, at least 3 rises and 3 times as many rises as
+    falls (a counter falls only when it resets), and the series grows.
+
+    A sparse counter (preemptions, errors of a quiet tenant: a step now and then) is one too. Scored as a level
+    it is a staircase, and every step is a level shift that alarms until the trailing window catches up (hours),
+    swallowing whatever else happens on its service meanwhile. A sparse gauge that rises and falls back (a
+    queue that is usually empty) has about as many falls as rises.
 
     Examples
     --------
     >>> is_counter_like(np.cumsum(np.ones(100))), is_counter_like(np.sin(np.arange(100.0)))
+    (True, False)
+    >>> steps = np.zeros(1440); steps[[90, 400, 700, 1200]] = [9, 2, 3, 1]
+    >>> queue = np.zeros(1440); queue[[90, 400, 700, 1200]] = 1
+    >>> is_counter_like(np.cumsum(steps)), is_counter_like(queue)
     (True, False)
     """
     y = y[np.isfinite(y)]
     if y.size < 10:
         return False
     d = np.diff(y)
-    return bool((d >= 0).mean() >= 0.99 and (d > 0).mean() >= 0.1 and y[-1] > y[0])
+    rises, falls = int((d > 0).sum()), int((d < 0).sum())
+    return bool((d >= 0).mean() >= 0.99 and rises >= 3 and 3 * falls <= rises and y[-1] > y[0])
 
 
 def increments(y: np.ndarray, last: float) -> np.ndarray:
