@@ -462,10 +462,10 @@ def _exceedance_steps(
     scratch_pos = np.empty(cap_m, np.int64)
     scratch_val = np.empty(cap_m)
     scratch_cnt = np.empty(cap_m, np.int64)
-    for j in range(n):
+    for j in range(n + 1):  # j == n: only the last sweep, for the window of the next point
         i = count + j
         first = i - window  # the window of point i: positions first .. i - 1
-        if j % _COMPACT == 0:
+        if j % _COMPACT == 0 or j == n:
             w = 0
             for r in range(m):
                 if pos[r] >= first:
@@ -474,6 +474,8 @@ def _exceedance_steps(
                     cnt[w] = cnt[r]
                     w += 1
             m = w
+        if j == n:
+            break
         c = min(window, i)
         if c >= 2:
             at = q * (c - 1)
@@ -535,23 +537,15 @@ def _exceedance_steps(
             val[a + 1 + r] = scratch_val[r]
             cnt[a + 1 + r] = scratch_cnt[r]
         m = a + 1 + w
-    end = count + n
-    w = 0
-    for r in range(m):
-        if pos[r] >= end - window:
-            pos[w] = pos[r]
-            val[w] = val[r]
-            cnt[w] = cnt[r]
-            w += 1
-    while h0 < h1 and hpos[h0] < end - window:
+    while h0 < h1 and hpos[h0] < count + n - window:
         h0 += 1
     return (
         u,
         exc_sum,
         n_hits,
-        pos[:w].copy(),
-        val[:w].copy(),
-        cnt[:w].copy(),
+        pos[:m].copy(),
+        val[:m].copy(),
+        cnt[:m].copy(),
         hpos[h0:h1].copy(),
         hexc[h0:h1].copy(),
     )

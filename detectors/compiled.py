@@ -26,5 +26,4 @@ def compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
             jitted = numba.njit(cache=True, nogil=True)(fn)
         return jitted(*args)
 
-    call.py_func = fn  # type: ignore[attr-defined]  # the plain Python loop, for reading and debugging
     return call

@@ -186,26 +186,34 @@ def robust_surprise(
 
 def _rolling_quantiles(y: np.ndarray, window: int, min_periods: int) -> tuple[np.ndarray, ...]:
     # median, quartiles of the ``window`` values before each point (polars: order statistics, then linear
-    # interpolation ``lo + (hi - lo) * frac`` — :func:`_window_quantiles` reproduces the same floats)
-    s = _before_each(y)
-    med = _after_first(s.rolling_median(window, min_samples=min_periods), y.size)
-    q25 = _after_first(s.rolling_quantile(0.25, "linear", window, min_samples=min_periods), y.size)
-    q75 = _after_first(s.rolling_quantile(0.75, "linear", window, min_samples=min_periods), y.size)
+    # interpolation ``lo + (hi - lo) * frac`` — :func:`_window_order_steps` reproduces the same floats)
+    med, q25, q75 = _polars_window_stats(y, window, min_periods, (0.5, 0.25, 0.75))
     return med, q25, q75
 
 
-def _before_each(y: np.ndarray) -> pl.Series:
-    """``y`` without its last value: a rolling statistic of it at ``i - 1`` is the one of the values before
-    point ``i`` (:func:`_after_first` puts it there). Not ``shift(1)``: the null that leaves at the start sends
-    polars' rolling quantiles down their null-aware path, ~4x slower for the same floats."""
-    return pl.Series(y[: max(0, y.size - 1)])
+def _polars_window_stats(
+    y: np.ndarray, window: int, min_samples: int, quantiles: tuple[float, ...], extremes: bool = False
+) -> list[np.ndarray]:
+    """The ``quantiles`` (and with ``extremes`` the max and min, 2 values at least) of the ``window`` values
+    before each point of ``y``, by polars' rolling kernels; NaN at the first point.
 
-
-def _after_first(r: pl.Series, size: int) -> np.ndarray:
-    """A rolling statistic of :func:`_before_each`'s series, aligned with the ``size`` original points (NaN at
-    the first)."""
-    out = np.full(size, np.nan)
-    out[1:] = r.to_numpy()
+    Rolled over ``y`` without its last value, the statistic at ``i - 1`` is the one before point ``i``. Not
+    ``shift(1)``: the null that leaves at the start sends polars' rolling quantiles down their null-aware path,
+    ~4x slower for the same floats."""
+    s = pl.Series(y[: max(0, y.size - 1)])
+    rolled = [
+        s.rolling_median(window, min_samples=min_samples)
+        if q == 0.5
+        else s.rolling_quantile(q, "linear", window, min_samples=min_samples)
+        for q in quantiles
+    ]
+    if extremes:
+        rolled += [s.rolling_max(window, min_samples=2), s.rolling_min(window, min_samples=2)]
+    out = []
+    for r in rolled:
+        aligned = np.full(y.size, np.nan)
+        aligned[1:] = r.to_numpy()
+        out.append(aligned)
     return out
 
 
@@ -310,9 +318,7 @@ def pattern_distance(y: np.ndarray, scale: np.ndarray, *, width: int, memory: in
 
 def range_surprise(y: np.ndarray, scale: np.ndarray, *, window: int) -> np.ndarray:
     """How far each value leaves the range of the previous ``window`` values, in ``scale`` units (0 inside)."""
-    s = _before_each(y)
-    hi = _after_first(s.rolling_max(window, min_samples=2), y.size)
-    lo = _after_first(s.rolling_min(window, min_samples=2), y.size)
+    hi, lo = _polars_window_stats(y, window, 2, (), extremes=True)
     return _range_from(y, hi, lo, scale)
 
 
@@ -361,20 +367,7 @@ def _window_stats(
     full window before the first of them. NaN where fewer than ``min_samples`` values exist."""
     part = np.ascontiguousarray(a[max(0, a.size - n - window) :], dtype=np.float64)
     if np.isnan(part).any():  # NaN has no place in a sorted window: polars decides (input is ffill'd: rare)
-        s = _before_each(part)
-        out = [
-            _after_first(
-                s.rolling_median(window, min_samples=min_samples)
-                if q == 0.5
-                else s.rolling_quantile(q, "linear", window, min_samples=min_samples),
-                part.size,
-            )[-n:]
-            for q in quantiles
-        ]
-        if extremes:
-            out += [_after_first(s.rolling_max(window, min_samples=2), part.size)[-n:]]
-            out += [_after_first(s.rolling_min(window, min_samples=2), part.size)[-n:]]
-        return out
+        return [r[-n:] for r in _polars_window_stats(part, window, min_samples, quantiles, extremes)]
     stats = _window_order_steps(
         part, n, window, min_samples, np.asarray(quantiles, dtype=np.float64), extremes
     )

@@ -17,8 +17,8 @@ from ingest.store import Store
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 # compiled loops (detectors/compiled.py) check every index under test: an out-of-bounds access raises
-# IndexError instead of reading or writing past an array; that code is cached apart from the unchecked code
-# runs outside the tests use (servers the tests start inherit both)
+# IndexError instead of reading or writing past an array. The checked code gets its own cache folder, apart
+# from the unchecked code used outside the tests (servers the tests start inherit both settings)
 os.environ.setdefault("NUMBA_BOUNDSCHECK", "1")
 os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "numba"))
 
