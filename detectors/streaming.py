@@ -43,10 +43,10 @@ scores — the values that can still be among the top few of a later window (the
 near the top) and the exceedances (:class:`~detectors.calibration.ExceedanceState`); and the last
 ``suppress`` combined scores. The scores equal those of one batch pass over the whole stream up to rounding
 of running sums (relative 1e-12; quantiles, maxima and the recent means are the same floats), and do not
-depend on how the stream was cut into pieces. Many new points at once (a restart, a catch-up, a backfill)
-cost what a batch pass over them costs: the raw channels come from rolling kernels over the new points and
-the last window, each channel's calibration from one rolling pass over its kept values and the new ones. A
-batch pass over the last ``window + 2 * long`` points (a little more) builds the state on a first fit, and
+depend on how the stream was cut into pieces. New points are scored one by one in compiled loops
+(:mod:`detectors.compiled`): one sorted window slides over them for the raw channels' quantiles, and each
+channel's calibration touches only the kept values a new point moves, so a catch-up costs time proportional
+to its points. A batch pass over the last ``window + 2 * long`` points (a little more) builds the state on a first fit, and
 converts the tail states kept by earlier versions. Warm-ups count from the start of the stream.
 """
 
