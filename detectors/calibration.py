@@ -155,6 +155,8 @@ def exceedance_z(
     min_history: int = 100,
     min_scale: float = 1e-9,
     cap: float | None = None,
+    hold: int = 0,
+    hold_z: float = 5.0,
 ) -> np.ndarray:
     """Causal peaks-over-threshold calibration of raw scores (streaming SPOT; Siffer et al., KDD 2017).
 
@@ -169,6 +171,20 @@ def exceedance_z(
     lifts the fitted tail so much that the next incident of the same size scores below the threshold — the
     calibration learns that incidents are normal. New points are never capped, so they still score in full.
 
+    ``hold`` keeps a sustained anomaly out of its own calibration, as SPOT does with the points it flags: in a
+    run of consecutive points that score ``z >= hold_z``, the first joins the history as it is and the next
+    ``hold - 1`` join as an ordinary value (0, no exceedance). Without it a sustained anomaly calibrates itself
+    away: the history holds only ``(1 - q) * window`` points above the threshold (14 of a day's 1,440 at
+    ``q = 0.99``), and once the anomaly's first points are among them its later, larger points score lower and
+    lower (a leak that tripled a process's memory scored z 6.6 in its third minute and 2.5 half an hour
+    later). An isolated spike, and the first point of every run, still join the history, so spikes that
+    recur are learnt as before (holding those out too made a 0/1 gauge's every dip page). From the
+    ``hold + 1``-th point of a run on, the anomaly joins the history, so a lasting change becomes the new
+    normal. A run whose first point alone lifts the tail so far that the second no longer reaches ``hold_z``
+    is not held: a sudden jump leans on its first points' scores (and on the recent-mean channels, which turn
+    it into a ramp). 0 turns this off. With a hold, the pass is the compiled loop of :func:`exceedance_update`
+    from an empty state (each point's history depends on the scores before it).
+
     :func:`exceedance_update` continues the same calibration from an :class:`ExceedanceState` in time
     proportional to the new points.
 
@@ -180,7 +196,16 @@ def exceedance_z(
     >>> bool(z[2500] > 6 and np.delete(z, 2500)[200:].max() < 5)
     True
     """
-    return exceedance_parts(raw, q=q, window=window, min_history=min_history, min_scale=min_scale, cap=cap)[0]
+    return exceedance_parts(
+        raw,
+        q=q,
+        window=window,
+        min_history=min_history,
+        min_scale=min_scale,
+        cap=cap,
+        hold=hold,
+        hold_z=hold_z,
+    )[0]
 
 
 def exceedance_parts(
@@ -191,13 +216,24 @@ def exceedance_parts(
     min_history: int = 100,
     min_scale: float = 1e-9,
     cap: float | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`exceedance_z` and its history: ``(z, hist, hits, exc)`` — the (capped) history values, whether
-    each exceeded its threshold ``u`` and by how much; :func:`exceedance_state` keeps what is still needed."""
+    hold: int = 0,
+    hold_z: float = 5.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """:func:`exceedance_z` and its history: ``(z, hist, hits, exc, run)`` — the (capped) history values,
+    whether each exceeded its threshold ``u`` and by how much, and how many anomalous points in a row end it
+    (``hold``); :func:`exceedance_state` keeps what is still needed."""
     x = np.nan_to_num(np.asarray(raw, dtype=np.float64), nan=0.0)
     n = x.size
     if n == 0:
-        return np.zeros(0), np.zeros(0), np.zeros(0, dtype=bool), np.zeros(0)
+        return np.zeros(0), np.zeros(0), np.zeros(0, dtype=bool), np.zeros(0), 0
+    if hold > 0:
+        hist = np.minimum(x, cap) if cap is not None else x
+        z, u, held, run, _ = _update(
+            x, hist, _empty_exceedance(), q, window, min_history, min_scale, hold, hold_z
+        )
+        hist = np.where(held, 0.0, hist)
+        hit = hist > u
+        return z, hist, hit, np.where(hit, hist - u, 0.0), run
     s = pl.Series(x)
     if cap is not None:
         s = pl.Series(np.minimum(x, cap))
@@ -217,7 +253,7 @@ def exceedance_parts(
     exc_sum = np.where(hit_sum > 0, exc_sum, 0.0)
     z = z_of_tail(_exceedance_tail(x, u, exc_sum, hit_sum, q, min_scale))
     z[: min(n, min_history)] = 0.0
-    return z, hist, hit, exc
+    return z, hist, hit, exc, 0
 
 
 def _exceedance_tail(
@@ -276,6 +312,7 @@ class ExceedanceState:
     top_cnt: np.ndarray
     hit_pos: np.ndarray
     hit_exc: np.ndarray
+    run: int = 0  # anomalous points in a row at the end (``hold``)
 
     def __getstate__(self) -> dict[str, object]:
         # positions relative to ``count`` fit in 32 bits (they lie within the trailing window)
@@ -285,6 +322,7 @@ class ExceedanceState:
             "top_val": self.top_val,
             "hit_pos": (self.hit_pos - self.count).astype(np.int32),
             "hit_exc": self.hit_exc,
+            "run": self.run,
         }
 
     def __setstate__(self, state: dict[str, object]) -> None:
@@ -296,6 +334,7 @@ class ExceedanceState:
         object.__setattr__(self, "top_cnt", top[1])
         object.__setattr__(self, "hit_pos", np.asarray(state["hit_pos"], dtype=np.int64) + count)
         object.__setattr__(self, "hit_exc", state["hit_exc"])
+        object.__setattr__(self, "run", int(state.get("run", 0)))  # type: ignore[call-overload]  # absent before holds
 
 
 #: block length of :func:`_later_at_least`'s bound and of :func:`_later_in_blocks`' steps
@@ -349,7 +388,14 @@ def _later_in_blocks(val: np.ndarray, k: int) -> np.ndarray:
 
 
 def exceedance_state(
-    hist: np.ndarray, hits: np.ndarray, exc: np.ndarray, *, q: float, window: int, count: int | None = None
+    hist: np.ndarray,
+    hits: np.ndarray,
+    exc: np.ndarray,
+    run: int = 0,
+    *,
+    q: float,
+    window: int,
+    count: int | None = None,
 ) -> ExceedanceState:
     """The :class:`ExceedanceState` after the history of :func:`exceedance_parts` (its arrays, in stream order,
     the last at position ``count - 1``; only the last ``window`` matter)."""
@@ -361,7 +407,7 @@ def exceedance_state(
     top = cnt < top_ranks(q, window)
     h = np.asarray(hits[start:], dtype=bool)
     return ExceedanceState(
-        count, pos[top], val[top], cnt[top], pos[h], np.asarray(exc[start:], dtype=np.float64)[h]
+        count, pos[top], val[top], cnt[top], pos[h], np.asarray(exc[start:], dtype=np.float64)[h], int(run)
     )
 
 
@@ -374,6 +420,8 @@ def exceedance_update(
     min_history: int = 100,
     min_scale: float = 1e-9,
     cap: float | None = None,
+    hold: int = 0,
+    hold_z: float = 5.0,
 ) -> tuple[np.ndarray, ExceedanceState]:
     """:func:`exceedance_z` of new raw scores continuing ``state``, and the state after them.
 
@@ -394,10 +442,28 @@ def exceedance_update(
     """
     x = _finite(np.asarray(raw, dtype=np.float64))
     hist = np.minimum(x, cap) if cap is not None else x
+    z, _, _, _, new = _update(x, hist, state, q, window, min_history, min_scale, hold, hold_z)
+    return z, new
+
+
+def _update(
+    x: np.ndarray,
+    hist: np.ndarray,
+    state: ExceedanceState,
+    q: float,
+    window: int,
+    min_history: int,
+    min_scale: float,
+    hold: int,
+    hold_z: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, ExceedanceState]:
+    """The compiled pass behind :func:`exceedance_update`: ``(z, u, held, run, state after)``."""
     count, n = state.count, x.size
+    # a point is held out when its tail probability is at most that of hold_z: (1 - q) exp(-gap) <= tail(hold_z)
+    gap = np.log((1.0 - q) / float(tail_of_z(hold_z))) if hold > 0 else np.inf
     # the kernel walks the kept values from the largest down (ties in stream order)
     order = np.lexsort((state.top_pos, -state.top_val))
-    u, exc_sum, n_hits, pos, val, cnt, hit_pos, hit_exc = _exceedance_steps(
+    u, exc_sum, n_hits, pos, val, cnt, hit_pos, hit_exc, held, run = _exceedance_steps(
         hist,
         count,
         np.ascontiguousarray(state.top_pos[order], dtype=np.int64),
@@ -408,6 +474,12 @@ def exceedance_update(
         float(q),
         int(window),
         top_ranks(q, window),
+        x,
+        float(gap),
+        int(hold),
+        int(state.run),
+        int(min_history),
+        float(min_scale),
     )
     if count == 0 and n:
         exc_sum[0] = np.nan  # polars: the first point has no window at all
@@ -415,7 +487,13 @@ def exceedance_update(
     if count < min_history:
         z[: min(n, min_history - count)] = 0.0
     by_pos = np.argsort(pos, kind="stable")
-    return z, ExceedanceState(count + n, pos[by_pos], val[by_pos], cnt[by_pos], hit_pos, hit_exc)
+    return (
+        z,
+        u,
+        held,
+        int(run),
+        ExceedanceState(count + n, pos[by_pos], val[by_pos], cnt[by_pos], hit_pos, hit_exc, int(run)),
+    )
 
 
 #: new points between two sweeps of :func:`_exceedance_steps` that drop kept values left behind by the window
@@ -434,13 +512,23 @@ def _exceedance_steps(
     q: float,
     window: int,
     k: int,
-) -> tuple[np.ndarray, ...]:
+    x: np.ndarray,
+    gap: float,
+    hold: int,
+    run: int,
+    min_history: int,
+    min_scale: float,
+) -> tuple:
     """The loop of :func:`exceedance_update` (compiled): for each new value, its
     threshold ``u`` from the kept values of its window, the exceedances in that window (their sum, summed afresh
     in stream order, and their number), then the value joins the kept ones. The kept values are held sorted
     from the largest down: the threshold reads two of the first ``k`` live ones, and a new value only touches
     the kept values it is at least as large as (they gain one later value; those with ``k`` leave). Values
-    that left the window are skipped while reading and dropped every ``_COMPACT`` points and at the end."""
+    that left the window are skipped while reading and dropped every ``_COMPACT`` points and at the end.
+
+    With ``hold > 0``, a raw score ``x`` that exceeds its threshold by at least ``gap`` times the tail scale
+    (the scale of :func:`_exceedance_tail`) is anomalous; in a run of anomalous points, the second to the
+    ``hold``-th join the history as 0 instead of their value (``held``)."""
     n = hist.size
     cap_m = pos0.size + n
     pos = np.empty(cap_m, np.int64)
@@ -459,6 +547,7 @@ def _exceedance_steps(
     u = np.empty(n)
     exc_sum = np.empty(n)
     n_hits = np.empty(n)
+    held = np.zeros(n, np.bool_)
     scratch_pos = np.empty(cap_m, np.int64)
     scratch_val = np.empty(cap_m)
     scratch_cnt = np.empty(cap_m, np.int64)
@@ -510,6 +599,18 @@ def _exceedance_steps(
         exc_sum[j] = total
         n_hits[j] = h1 - h0
         v = hist[j]
+        if hold > 0 and i >= min_history:
+            sigma = total / (h1 - h0) if h1 > h0 else 0.0
+            if ui < np.inf:
+                sigma = max(sigma, abs(ui) * 0.05)
+            sigma = max(sigma, min_scale)
+            if x[j] > ui and x[j] - ui >= gap * sigma:
+                run += 1
+                if 1 < run <= hold:
+                    held[j] = True
+                    v = 0.0
+            else:
+                run = 0
         if v > ui:
             hpos[h1] = i
             hexc[h1] = v - ui
@@ -548,4 +649,6 @@ def _exceedance_steps(
         cnt[:m].copy(),
         hpos[h0:h1].copy(),
         hexc[h0:h1].copy(),
+        held,
+        run,
     )

@@ -5,9 +5,10 @@ The rule (documented in README, "Detection"):
 1. **Counter-like** (cumulative: at least 99 % of steps are ≥ 0, it rises at least 3 times and 3 times as often
    as it falls, and it grows; :func:`is_counter_like`) → detect on its increments (``diff``, resets clipped to
    0), because a counter's level says nothing, its rate everything.
-2. **Always** the causal :class:`~detectors.streaming.StreamingDetector` (level, change and sustained-shift
-   surprises with streaming peaks-over-threshold calibration): catches spikes, level shifts and bursts on any
-   series, quantised or not.
+2. **Always** the causal :class:`~detectors.streaming.StreamingDetector` (level and sustained-shift surprises
+   with streaming peaks-over-threshold calibration): catches spikes, level shifts and bursts on any series,
+   quantised or not. A run of anomalous level points is held out of the level channel's calibration for up to
+   ``hold`` points (an hour), so a leak or a lasting shift keeps scoring instead of calibrating itself away.
 3. **Seasonal** (daily autocorrelation ≥ ``seasonal_min`` on the 30-minute grid with at least
    ``StlResidualDetector.min_days`` of history) → add :class:`~detectors.seasonal.StlResidualDetector`, which
    catches "normal value at the wrong time of day" and keeps scoring a sustained deviation that a trailing
@@ -97,6 +98,7 @@ class EnsembleDetector(Detector):
         seasonal_min: float = 0.3,
         refit_every_days: float = 2.0,
         probe: int = 60,
+        hold: int = 60,
         threshold: Threshold | None = None,
         seed: int = 0,
     ) -> None:
@@ -104,13 +106,19 @@ class EnsembleDetector(Detector):
         self.seasonal_min = seasonal_min
         self.refit_every_days = refit_every_days
         self.probe = probe
+        self.hold = hold
 
     def _members(self) -> tuple[StreamingDetector, StlResidualDetector]:
         # fleet use: every anomalous point scores (no onset-only suppression), the alarm rule decides pages;
         # a one-day calibration history (a bounded per-series tail) winsorised so that an earlier incident does
-        # not desensitise it
+        # not desensitise it, and a running anomaly held out of it for an hour so it does not desensitise itself
         stream = StreamingDetector(
-            suppress=0, long=1440, calibration_cap=200.0, channels=("level", "mean"), threshold=self.threshold
+            suppress=0,
+            long=1440,
+            calibration_cap=200.0,
+            calibration_hold=self.hold,
+            channels=("level", "mean"),
+            threshold=self.threshold,
         )
         # a 30-minute grid is plenty for a daily shape and makes each STL fit ~4x cheaper than 15 minutes
         return stream, StlResidualDetector(points_per_day=48, threshold=self.threshold)

@@ -486,6 +486,12 @@ class StreamingDetector(Detector):
         Subsequence length of the ``"pattern"`` channel and how far back (in points) it looks for a match.
     smooth
         Rolling mean over this many points of each raw channel before calibration (1 = none).
+    calibration_cap
+        The exceedance calibration's history is winsorised here (:func:`~detectors.calibration.exceedance_z`).
+    calibration_hold, calibration_hold_z
+        Of a run of points of the level channel that score ``>= calibration_hold_z``, the second to the
+        ``calibration_hold``-th are kept out of its calibration history, so a sustained anomaly does not
+        calibrate itself away (0 = off; :func:`~detectors.calibration.exceedance_z`).
     """
 
     name = "streaming"
@@ -508,11 +514,15 @@ class StreamingDetector(Detector):
         pattern_memory: int = 1000,
         smooth: int = 1,
         calibration_cap: float | None = None,
+        calibration_hold: int = 0,
+        calibration_hold_z: float = 5.0,
         threshold: Threshold | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__(threshold=threshold, seed=seed)
         self.calibration_cap = calibration_cap
+        self.calibration_hold = calibration_hold
+        self.calibration_hold_z = calibration_hold_z
         self.window = window
         self.short = short
         self.long = long
@@ -712,6 +722,11 @@ class StreamingDetector(Detector):
             starts.append(self._pattern_start())
         return surprises, starts, med, scale
 
+    def _hold(self, channel: int) -> int:
+        # the level channel (always the first when present) is held; the recent means are not: after a shift
+        # ends, a held hour-long mean would keep the alarm up for the hour its window still covers
+        return self.calibration_hold if channel == 0 and "level" in self.channels else 0
+
     def _check_channels(self) -> None:
         unknown = set(self.channels) - set(CHANNELS)
         if unknown:
@@ -734,7 +749,7 @@ class StreamingDetector(Detector):
         """Batch pass over ``y`` (stream points ``first``...): scores and what the incremental state keeps."""
         surprises, starts, med, scale = self._surprises(y, res, first)
         zs, memory = [], []
-        for surprise, start in zip(surprises, starts, strict=True):
+        for c, (surprise, start) in enumerate(zip(surprises, starts, strict=True)):
             if self.smooth > 1:
                 surprise = trailing_mean(surprise, self.smooth)
             if self.calibration == "likelihood":
@@ -751,6 +766,8 @@ class StreamingDetector(Detector):
                     window=self.long,
                     min_history=self.min_history,
                     cap=self.calibration_cap,
+                    hold=self._hold(c),
+                    hold_z=self.calibration_hold_z,
                 )
                 zs.append(z)
                 memory.append(tuple(parts))
@@ -798,6 +815,8 @@ class StreamingDetector(Detector):
                     window=self.long,
                     min_history=self.min_history,
                     cap=self.calibration_cap,
+                    hold=self._hold(c),
+                    hold_z=self.calibration_hold_z,
                 )
                 memory.append(mem)
             z[index < start] = 0.0
