@@ -157,7 +157,10 @@ def eval_nab_loco(
         held = score_corpus(test, {p: best[1][p] for p in test.files}, profiles, threshold=thr)[profile]
         raw, null, perfect = raw + held.raw, null + held.null, perfect + held.perfect
         chosen[cat] = {"params": best[0], "held_out_score": round(held.score, 2)}
-    headline = max((score_corpus(corpus, r[1], profiles)[profile].score, r[0]) for r in runs)
+    # by score only: grid points that score the same (a weight of an absent channel) have dicts, not an order
+    headline = max(
+        ((score_corpus(corpus, r[1], profiles)[profile].score, r[0]) for r in runs), key=lambda x: x[0]
+    )
     return {
         "profile": profile,
         "loco_score": round(100 * (raw - null) / (perfect - null), 3),

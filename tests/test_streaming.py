@@ -303,8 +303,30 @@ def test_seasonal_fit_on_exactly_two_weeks_with_a_weekly_cycle() -> None:
 #: the streaming member of the ensemble (what ``rootwise detect`` runs on most series) and a small detector with
 #: the change channel and suppression, whose windows are cut and rolled many times
 _INCREMENTAL = {
-    "ensemble": dict(suppress=0, long=1440, calibration_cap=200.0, channels=("level", "mean")),
-    "small": dict(window=100, long=400, min_history=50, suppress=30, means=(5, 20)),
+    "ensemble": dict(
+        suppress=0, long=1440, calibration_cap=200.0, calibration_hold=60, channels=("level", "mean")
+    ),
+    # the channels the default had before the pattern channel joined it (pinned: the series' length, hence
+    # what it holds, follows the detector's state length)
+    "small": dict(
+        window=100,
+        long=400,
+        min_history=50,
+        suppress=30,
+        means=(5, 20),
+        channels=("level", "change", "mean"),
+        weights={},
+    ),
+    "weighted": dict(
+        window=100,
+        long=400,
+        min_history=50,
+        suppress=30,
+        means=(5, 20),
+        channels=("level", "change", "mean", "pattern"),
+        pattern_memory=200,
+        weights={"pattern": 0.2, "change": 0.5},
+    ),
 }
 _NEW = 1700  # new points scored in chunks after the fit: more than either calibration window
 #: chunk sizes of successive runs (cycled): a few new points per run (the per-point path), a whole catch-up
@@ -641,3 +663,21 @@ def test_exceedance_without_exceedances_in_the_window() -> None:
     assert exceedance_z(x, **kw)[-1] > 30
     state = exceedance_state(*exceedance_parts(x[:70], **kw)[1:], q=0.9, window=30)
     assert exceedance_update(x[70:], state, **kw)[0][-1] > 30
+
+
+def test_weighted_bonferroni_is_calibrated_and_equal_weights_change_nothing() -> None:
+    """Equal weights (any value) give the plain ``k x`` Bonferroni scores; a channel with a small weight counts
+    its tail ``sum(w) / w`` times, the others ``sum(w)`` times (for 3 channels weighted 1, 1, 0.25: 2.25 x)."""
+    from detectors.calibration import tail_of_z, z_of_tail
+
+    y = _realistic("seasonal", 3000)
+    three = ("level", "change", "mean")
+    plain = StreamingDetector(channels=three, weights={}).score_online(_frame(y))["score"].to_numpy()
+    equal = StreamingDetector(channels=three, weights={"level": 2.0, "change": 2.0, "mean": 2.0})
+    np.testing.assert_allclose(
+        equal.score_online(_frame(y))["score"].to_numpy(), plain, rtol=1e-12, atol=1e-12
+    )
+    det = StreamingDetector(channels=("level", "change"), means=(), weights={"change": 0.25})
+    zs = [np.array([4.0, 1.0]), np.array([1.0, 4.0])]
+    expected = z_of_tail(np.array([1.25 * tail_of_z(4.0), 1.25 / 0.25 * tail_of_z(4.0)]))
+    np.testing.assert_allclose(det._combine(zs), expected, rtol=1e-12)
