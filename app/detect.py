@@ -11,7 +11,9 @@ detector's refit interval (two days for the ensemble).
 What is scored per series kind:
 
 * gauge, delta: the values;
-* counter: the ensemble detects counters from the data and scores their increments;
+* counter: its per-step increases (a drop is a reset), for a single series as for stitched and aggregated
+  ones; the catalog's kind decides, so the detector is told not to guess counters from the data
+  (``infer_counters``: a leaking gauge that only grows must not be scored on its steps);
 * histogram: the per-interval p99 (Prometheus ``histogram_quantile`` interpolation over the bucket
   increments), the latency KPI on-call engineers page on.
 
@@ -458,7 +460,7 @@ def _prepare(
     # the one place that decides which batch members are refitted (their fit is older than the detector's
     # refit interval at the newest scored point); the worker refits exactly the series read here
     history = None
-    needs = getattr(make_detector(config.detector), "needs_refit", None)
+    needs = getattr(_detector(config), "needs_refit", None)
     scored = frame.filter(pl.col("value").is_not_null())
     if needs is not None and states and scored.height:
         last = scored.group_by("series_id").agg(pl.col("ts").max())
@@ -470,6 +472,15 @@ def _prepare(
                 store, dict.fromkeys(due, until - config.history), meta, config, complete=complete
             )
     return frame, batch, {s: meta[s] for s in batch}, states, config, history
+
+
+def _detector(config: DetectConfig) -> Any:
+    """The configured detector, told that counters reach it as per-step increases (:func:`_read_points`):
+    the catalog knows every series' kind, so a detector that would infer counters from the data does not."""
+    det = make_detector(config.detector)
+    if hasattr(det, "infer_counters"):
+        det.infer_counters = False
+    return det
 
 
 def _epoch_us(ts: datetime) -> int:
@@ -527,6 +538,8 @@ VOLATILE_LABELS = frozenset(
 )
 #: cumulative histograms are differenced against the row before the watermark; this is how far back it is found
 HISTOGRAM_LOOKBACK = timedelta(minutes=30)
+#: and counters (as :func:`ingest.results.aggregate_points_since` does for stitched and aggregated ones)
+COUNTER_LOOKBACK = timedelta(hours=1)
 
 
 def _plan(store: Store, catalog: pl.DataFrame, config: DetectConfig) -> dict[int, dict[str, Any]]:
@@ -609,7 +622,12 @@ def _read_points(
     if complete is None:
         complete = _complete_until(store, since, meta, config.member_grace)
     single = {s: v for s, v in since.items() if meta[s]["how"] == "series" and meta[s]["kind"] != "histogram"}
-    frames = [results.points_since(store, single)] if single else []
+    values = {s: v for s, v in single.items() if meta[s]["kind"] != "counter"}
+    frames = [results.points_since(store, values)] if values else []
+    counters = {s: v for s, v in single.items() if meta[s]["kind"] == "counter"}
+    if counters:
+        # per-step increases, as stitched and aggregated counters are read: a counter's level says nothing
+        frames.append(results.counter_increases_since(store, counters, lookback=COUNTER_LOOKBACK))
     for s, v in since.items():
         m = meta[s]
         if m["kind"] == "histogram":
@@ -684,7 +702,7 @@ def _score_batch(
     counts = dict(frame.group_by("series_id").len().iter_rows())
     fresh = [s for s in batch if s not in states and counts.get(s, 0) >= config.min_points]
     known = [s for s in batch if s in states and counts.get(s, 0) > 0]
-    det = make_detector(config.detector)
+    det = _detector(config)
     scored = []
     new_states: dict[int, results.SeriesState] = {}
     fitted: dict[int, Any] = {}
@@ -703,7 +721,7 @@ def _score_batch(
         have = set() if refit_history is None else set(refit_history["series_id"].to_list())
         due = [s for s in known if s in have]
         if refit_history is not None and due:
-            refit = make_detector(config.detector).fit(refit_history.filter(pl.col("series_id").is_in(due)))
+            refit = _detector(config).fit(refit_history.filter(pl.col("series_id").is_in(due)))
             for s in due:
                 if s in refit.states_:
                     fitted[s] = refit.states_[s]

@@ -4,7 +4,10 @@ The rule (documented in README, "Detection"):
 
 1. **Counter-like** (cumulative: at least 99 % of steps are ≥ 0, it rises at least 3 times and 3 times as often
    as it falls, and it grows; :func:`is_counter_like`) → detect on its increments (``diff``, resets clipped to
-   0), because a counter's level says nothing, its rate everything.
+   0), because a counter's level says nothing, its rate everything. This guess is for data of unknown kind
+   (``infer_counters``, the default; a CSV given to ``rootwise score``): ``rootwise detect`` reads the kind from
+   the catalog, hands counters over as increments and turns the guess off, so a gauge that only grows (a leak)
+   keeps its level and a counter that has not stepped yet is still a counter.
 2. **Always** the causal :class:`~detectors.streaming.StreamingDetector` (level and sustained-shift surprises
    with streaming peaks-over-threshold calibration): catches spikes, level shifts and bursts on any series,
    quantised or not. A run of anomalous level points is held out of the level channel's calibration for up to
@@ -99,6 +102,7 @@ class EnsembleDetector(Detector):
         refit_every_days: float = 2.0,
         probe: int = 60,
         hold: int = 60,
+        infer_counters: bool = True,
         threshold: Threshold | None = None,
         seed: int = 0,
     ) -> None:
@@ -107,6 +111,7 @@ class EnsembleDetector(Detector):
         self.refit_every_days = refit_every_days
         self.probe = probe
         self.hold = hold
+        self.infer_counters = infer_counters
 
     def _members(self) -> tuple[StreamingDetector, StlResidualDetector]:
         # fleet use: every anomalous point scores (no onset-only suppression), the alarm rule decides pages;
@@ -125,7 +130,7 @@ class EnsembleDetector(Detector):
 
     def _profile(self, t: np.ndarray, y: np.ndarray) -> SeriesProfile:
         _, stl = self._members()
-        counter = is_counter_like(y)
+        counter = self.infer_counters and is_counter_like(y)
         v = increments(y, y[0]) if counter and y.size else y
         seasonal = 0.0
         step = int(np.median(np.diff(t))) if t.size > 1 else 0
@@ -140,7 +145,7 @@ class EnsembleDetector(Detector):
         return SeriesProfile(counter, seasonal, sparse, members)
 
     def _values(self, y: np.ndarray, state: EnsembleState | None, profile: SeriesProfile) -> np.ndarray:
-        if not profile.counter or not y.size:
+        if not profile.counter or not self.infer_counters or not y.size:
             return y
         return increments(y, state.last if state is not None else y[0])
 
@@ -222,7 +227,7 @@ class EnsembleDetector(Detector):
             # every choice is made from a prefix: counter-ness from the first ``probe`` points (which score 0),
             # seasonality from the history the seasonal member is first fitted on
             probe = min(self.probe, t.size)
-            counter = is_counter_like(y[:probe])
+            counter = self.infer_counters and is_counter_like(y[:probe])
             v = increments(y, y[0]) if counter and y.size else y
             s, streaming = stream._score_update_series(t, v, stream._fit_series(t[:0], v[:0]))
             s.score[:probe] = np.minimum(s.score[:probe], 0.0)

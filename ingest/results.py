@@ -12,7 +12,7 @@ import pickle
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import polars as pl
@@ -135,6 +135,41 @@ def points_since(
     finally:
         cur.unregister("rootwise_watermarks")
     return df
+
+
+def counter_increases_since(
+    store: Store, since: Mapping[int, datetime | None], *, lookback: timedelta = timedelta(hours=1)
+) -> pl.DataFrame:
+    """Per-step increases of cumulative counters after each series' own watermark (``series_id, ts, value``).
+
+    A drop is a reset and the new value is the increase (Prometheus' rule, as in :func:`aggregate_points_since`).
+    The increase into the first point after a watermark needs the point before it, which is looked for up to
+    ``lookback`` back; a series' very first point has none and is left out, and so is the first point after a
+    silence longer than ``lookback``.
+    """
+    if not since:
+        return pl.DataFrame(schema=schema.POINTS)
+    df = points_since(store, {s: (v - lookback if v is not None else None) for s, v in since.items()})
+    floor = datetime(1970, 1, 1)
+    marks = pl.DataFrame(
+        {"series_id": list(since), "since": [v or floor for v in since.values()]},
+        schema={"series_id": pl.Int64, "since": schema.TS},
+    )
+    prev = pl.col("value").shift(1).forward_fill().over("series_id")
+    return (
+        df.with_columns(prev.alias("prev"))
+        .filter(pl.col("prev").is_not_null())
+        .with_columns(
+            pl.when(pl.col("value") < pl.col("prev"))
+            .then(pl.col("value"))
+            .otherwise(pl.col("value") - pl.col("prev"))
+            .alias("value")
+        )
+        .join(marks, on="series_id")
+        .filter(pl.col("ts") > pl.col("since"))
+        .select("series_id", "ts", "value")
+        .cast(pl.Schema(schema.POINTS))
+    )
 
 
 def _incident_rows(cur: Any, where: str, params: dict[str, Any]) -> list[Incident]:

@@ -49,7 +49,8 @@ def _fleet(minutes: int, *, shift_at: int | None = None, shift_len: int = 60, of
 def test_first_run_finds_the_injected_incident_and_reruns_are_idempotent(store: Store) -> None:
     store.append(_fleet(3 * 1440, shift_at=2 * 1440 + 600))
     report = run_detection(store)
-    assert report.series == 8 and report.points == 8 * 3 * 1440
+    # a counter is scored on its increases: its first point has none
+    assert report.series == 8 and report.points == 8 * 3 * 1440 - 4
     incidents = list_incidents(store)
     rag = [i for i in incidents if i["service"] == "rag-api"]
     assert len(rag) == 1, incidents
@@ -495,3 +496,62 @@ def test_histogram_p99_pools_trailing_minutes_of_a_quiet_series() -> None:
     assert histogram_quantile_series(busy, 0.99, 1, min_observations=100).equals(
         histogram_quantile_series(busy, 0.99, 1)
     )
+
+
+def _one(metric: str, kind: str, y: np.ndarray, offset: int = 0) -> TelemetryBatch:
+    labels = {"instance": "gw-a", "region": "us-east"}
+    sid = series_id(metric, "gateway", labels)
+    ts = (np.datetime64(START, "us") + np.arange(offset, offset + y.size).astype("timedelta64[m]")).astype(
+        "datetime64[us]"
+    )
+    return TelemetryBatch(
+        series=pl.DataFrame(
+            [(sid, metric, "gateway", kind, "", labels_list(labels))], schema=SERIES, orient="row"
+        ),
+        points=pl.DataFrame({"series_id": np.full(y.size, sid), "ts": ts, "value": y}, schema=POINTS),
+    )
+
+
+def test_counters_are_read_as_increases_after_each_watermark(store: Store) -> None:
+    """Per-step increases of a single counter: a drop is a reset (the new value is the increase), the step into
+    the first point after a watermark uses the point before it, a series' first point has none."""
+    from ingest.results import counter_increases_since
+
+    y = np.array([10.0, 12.0, 15.0, 3.0, 7.0, 7.0, 20.0])
+    batch = _one("requests", "counter", y)
+    store.append(batch)
+    sid = int(batch.series["series_id"][0])
+    whole = counter_increases_since(store, {sid: None})
+    assert whole["value"].to_list() == [2.0, 3.0, 3.0, 4.0, 0.0, 13.0]
+    after = counter_increases_since(store, {sid: START + timedelta(minutes=4)})
+    assert after["value"].to_list() == [0.0, 13.0]
+    assert after["ts"].to_list() == [START + timedelta(minutes=5), START + timedelta(minutes=6)]
+    mark = START + timedelta(minutes=4, seconds=30)
+    far = counter_increases_since(store, {sid: mark}, lookback=timedelta(seconds=20))
+    assert far["value"].to_list() == [13.0]  # the point before the watermark is out of reach
+
+
+def test_the_catalog_kind_decides_what_is_a_counter(store: Store) -> None:
+    """A gauge that only grows (a slow leak) is scored on its level, not guessed into a counter; a counter that
+    has not stepped yet in its first hour is scored on its increases from the first pass (guessed from the
+    data, its staircase would be a level shift at every step)."""
+    from ingest.results import load_states
+
+    rng = np.random.default_rng(3)
+    minutes = 2 * 1440
+    leak = 500.0 + 0.2 * np.arange(minutes) + np.abs(rng.normal(0, 0.01, minutes)).cumsum()  # never falls
+    steps = np.zeros(minutes)
+    steps[rng.choice(np.arange(120, minutes), 12, replace=False)] = rng.integers(1, 4, 12)
+    batches = [
+        _one("process.memory.usage", "gauge", leak),
+        _one("vllm:num_preemptions_total", "counter", steps.cumsum()),
+    ]
+    for b in batches:
+        store.append(b)
+    run_detection(store, DetectConfig(workers=1))
+    states = load_states(store, [int(b.series["series_id"][0]) for b in batches])
+    leak_state, counter_state = (states[int(b.series["series_id"][0])].state for b in batches)
+    assert not leak_state.profile.counter and not counter_state.profile.counter  # no guessing
+    # the counter's detector saw increases: its last raw value is a step (0 to 3), not the running total
+    assert counter_state.streaming.y[-1] <= 3.0 < steps.sum()
+    assert not list_incidents(store)
