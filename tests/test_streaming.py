@@ -300,29 +300,18 @@ def test_seasonal_fit_on_exactly_two_weeks_with_a_weekly_cycle() -> None:
 
 # -- the incremental path: cost per new point, the scores of the batch recomputation ------------------------
 
-#: the streaming member of the ensemble (what ``rootwise detect`` runs on most series) and a small detector with
-#: the change channel and suppression, whose windows are cut and rolled many times
+#: windows short enough to be cut and rolled many times
+_SMALL = dict(window=100, long=400, min_history=50, suppress=30, means=(5, 20))
+#: the streaming member of the ensemble (what ``rootwise detect`` runs on most series), a small detector with
+#: the change channel and suppression (the channels the default had before the pattern channel joined it,
+#: pinned: the series' length, hence what it holds, follows the detector's state length) and a weighted one
 _INCREMENTAL = {
     "ensemble": dict(
         suppress=0, long=1440, calibration_cap=200.0, calibration_hold=60, channels=("level", "mean")
     ),
-    # the channels the default had before the pattern channel joined it (pinned: the series' length, hence
-    # what it holds, follows the detector's state length)
-    "small": dict(
-        window=100,
-        long=400,
-        min_history=50,
-        suppress=30,
-        means=(5, 20),
-        channels=("level", "change", "mean"),
-        weights={},
-    ),
+    "small": dict(_SMALL, channels=("level", "change", "mean"), weights={}),
     "weighted": dict(
-        window=100,
-        long=400,
-        min_history=50,
-        suppress=30,
-        means=(5, 20),
+        _SMALL,
         channels=("level", "change", "mean", "pattern"),
         pattern_memory=200,
         weights={"pattern": 0.2, "change": 0.5},
