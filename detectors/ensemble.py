@@ -121,7 +121,7 @@ class EnsembleDetector(Detector):
             suppress=0,
             long=1440,
             calibration_cap=200.0,
-            calibration_hold=self.hold,
+            holds={"level": (self.hold, 5.0)},
             channels=("level", "mean"),
             threshold=self.threshold,
         )

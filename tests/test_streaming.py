@@ -266,14 +266,33 @@ def test_winsorised_calibration_keeps_the_second_incident_visible_and_is_increme
         "datetime64[us]"
     )
     frame = pl.DataFrame({"series_id": np.zeros(n, np.int64), "ts": ts, "value": y})
-    plain = StreamingDetector(suppress=0, long=1440).score_online(frame)["score"].to_numpy()
-    capped_det = StreamingDetector(suppress=0, long=1440, calibration_cap=20.0)
+    # no calibration holds (the default holds the pattern channel, which also keeps the second incident
+    # visible): the cap alone
+    plain = StreamingDetector(suppress=0, long=1440, holds={}).score_online(frame)["score"].to_numpy()
+    capped_det = StreamingDetector(suppress=0, long=1440, calibration_cap=20.0, holds={})
     capped = capped_det.score_online(frame)["score"].to_numpy()
     assert plain[2000:2010].max() < 5 <= capped[2000:2010].max()
     quiet = np.r_[capped[300:790], capped[1100:1990], capped[2200:]]
     assert quiet.max() < 5
-    det = StreamingDetector(suppress=0, long=1440, calibration_cap=20.0).fit(frame[:1900])
+    det = StreamingDetector(suppress=0, long=1440, calibration_cap=20.0, holds={}).fit(frame[:1900])
     np.testing.assert_allclose(det.score(frame[1900:])["score"].to_numpy(), capped[1900:], atol=1e-9)
+
+
+def test_default_pattern_hold_keeps_a_repeated_incident_visible_and_is_incremental() -> None:
+    """The default holds the pattern channel's calibration (60 points at z 4): the same incident a second time
+    still pages where the channels without holds learnt it; pieces equal one pass."""
+    rng = np.random.default_rng(5)
+    n = 3000
+    y = rng.normal(100, 2, n)
+    y[800:950] += 60
+    y[2000:2040] += 60
+    frame = _frame(y)
+    held = StreamingDetector(suppress=0, long=1440).score_online(frame)["score"].to_numpy()
+    plain = StreamingDetector(suppress=0, long=1440, holds={}).score_online(frame)["score"].to_numpy()
+    assert plain[2000:2010].max() < 5 <= held[2000:2010].max()
+    assert np.r_[held[300:790], held[1100:1990], held[2200:]].max() < 4
+    det = StreamingDetector(suppress=0, long=1440).fit(frame[:1900])
+    np.testing.assert_allclose(det.score(frame[1900:])["score"].to_numpy(), held[1900:], atol=1e-9)
 
 
 def test_seasonal_fit_on_exactly_two_weeks_with_a_weekly_cycle() -> None:
@@ -307,7 +326,7 @@ _SMALL = dict(window=100, long=400, min_history=50, suppress=30, means=(5, 20))
 #: pinned: the series' length, hence what it holds, follows the detector's state length) and a weighted one
 _INCREMENTAL = {
     "ensemble": dict(
-        suppress=0, long=1440, calibration_cap=200.0, calibration_hold=60, channels=("level", "mean")
+        suppress=0, long=1440, calibration_cap=200.0, holds={"level": (60, 5.0)}, channels=("level", "mean")
     ),
     "small": dict(_SMALL, channels=("level", "change", "mean"), weights={}),
     "weighted": dict(
