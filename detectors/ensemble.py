@@ -145,6 +145,7 @@ class EnsembleDetector(Detector):
         return SeriesProfile(counter, seasonal, sparse, members)
 
     def _values(self, y: np.ndarray, state: EnsembleState | None, profile: SeriesProfile) -> np.ndarray:
+        # without inference the values already are increases, whatever a profile stored before that says
         if not profile.counter or not self.infer_counters or not y.size:
             return y
         return increments(y, state.last if state is not None else y[0])

@@ -498,12 +498,11 @@ def test_histogram_p99_pools_trailing_minutes_of_a_quiet_series() -> None:
     )
 
 
-def _one(metric: str, kind: str, y: np.ndarray, offset: int = 0) -> TelemetryBatch:
+def _one(metric: str, kind: str, y: np.ndarray) -> TelemetryBatch:
+    """One gateway series of ``kind`` with values ``y``, one a minute from ``START``."""
     labels = {"instance": "gw-a", "region": "us-east"}
     sid = series_id(metric, "gateway", labels)
-    ts = (np.datetime64(START, "us") + np.arange(offset, offset + y.size).astype("timedelta64[m]")).astype(
-        "datetime64[us]"
-    )
+    ts = (np.datetime64(START, "us") + np.arange(y.size).astype("timedelta64[m]")).astype("datetime64[us]")
     return TelemetryBatch(
         series=pl.DataFrame(
             [(sid, metric, "gateway", kind, "", labels_list(labels))], schema=SERIES, orient="row"
