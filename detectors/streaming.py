@@ -378,39 +378,62 @@ def _window_stats(
     part = np.ascontiguousarray(a[max(0, a.size - n - window) :], dtype=np.float64)
     if np.isnan(part).any():  # NaN has no place in a sorted window: polars decides (input is ffill'd: rare)
         return [r[-n:] for r in _polars_window_stats(part, window, min_samples, quantiles, extremes)]
-    stats = _window_order_steps(
-        part, n, window, min_samples, np.asarray(quantiles, dtype=np.float64), extremes
-    )
+    before = np.sort(part[max(0, part.size - n - window) : part.size - n])
+    qs = np.asarray(quantiles, dtype=np.float64)
+    stats = _window_order_steps(part, before, n, window, min_samples, qs, extremes)
     return list(stats)
 
 
 @compiled
 def _window_order_steps(
-    a: np.ndarray, n: int, window: int, min_samples: int, quantiles: np.ndarray, extremes: bool
+    a: np.ndarray,
+    first_sorted: np.ndarray,
+    n: int,
+    window: int,
+    min_samples: int,
+    quantiles: np.ndarray,
+    extremes: bool,
 ) -> np.ndarray:
-    """:func:`_window_stats` as one sorted window slid over the last ``n`` points (compiled): each step
-    removes the value that leaves and inserts the one that enters (binary search, then a shift), and reads
-    the order statistics off; the interpolation is polars' ``lo + (hi - lo) * (at - floor(at))``."""
+    """:func:`_window_stats` as one sorted window slid over the last ``n`` points (compiled): ``first_sorted``
+    is the window before the first of them, sorted; each step removes the value that leaves and inserts the
+    one that enters (binary search, then a shift), and reads the order statistics off; the interpolation is
+    polars' ``lo + (hi - lo) * (at - floor(at))``. Plain loops only: numba types ``np.sort`` and
+    ``np.searchsorted`` slowly, and this kernel is compiled on the first incremental run after an install."""
     size = a.size
     start = size - n
-    first = max(0, start - window)
-    m = start - first
+    m = first_sorted.size
     # a full window and one more (a value enters before one leaves)
     buf = np.empty(min(window, size) + 1)
-    buf[:m] = np.sort(a[first:start])
+    for r in range(m):
+        buf[r] = first_sorted[r]
     rows = quantiles.size + (2 if extremes else 0)
-    out = np.full((rows, n), np.nan)
+    out = np.empty((rows, n))
+    for k in range(rows):
+        for j in range(n):
+            out[k, j] = np.nan
     for j in range(n):
         p = start + j
-        if j > 0:
-            v = a[p - 1]
-            lo = np.searchsorted(buf[:m], v)
-            for r in range(m, lo, -1):
-                buf[r] = buf[r - 1]
-            buf[lo] = v
-            m += 1
-            if p - 1 - window >= 0:
-                lo = np.searchsorted(buf[:m], a[p - 1 - window])  # the leaving value (or an equal one)
+        # step 0: the value before p enters; step 1: the one a window before it leaves (or an equal one)
+        for step in range(2 if j > 0 else 0):
+            if step == 0:
+                v = a[p - 1]
+            elif p - 1 - window >= 0:
+                v = a[p - 1 - window]
+            else:
+                break
+            lo, hi = 0, m  # binary search: the first of buf[:m] not below v
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if buf[mid] < v:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            if step == 0:
+                for r in range(m, lo, -1):
+                    buf[r] = buf[r - 1]
+                buf[lo] = v
+                m += 1
+            else:
                 for r in range(lo, m - 1):
                     buf[r] = buf[r + 1]
                 m -= 1
