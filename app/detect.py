@@ -56,7 +56,14 @@ class DetectConfig:
     alarm: AlarmRule = field(default_factory=AlarmRule)
     policy: IncidentPolicy = field(default_factory=IncidentPolicy)
     history: timedelta = timedelta(days=14)
+    #: series per batch when each is read from its beginning (a first fit): what bounds a batch's memory
     batch: int = 500
+    #: series already scored are batched by their new points instead (:func:`_batches`): a batch fills up to
+    #: about this many (a first fit counts as ``batch_points / batch``), with at most ``max_batch`` series and
+    #: at least two batches per scoring process. An incremental pass over a large fleet is then a few batches of
+    #: thousands of series, not dozens of 500 that each scan the same new rows and write one transaction
+    batch_points: int = 5_000_000
+    max_batch: int = 5_000
     min_points: int = 30  # a series with fewer points waits for more before its first fit
     quantile: float = 0.99  # histogram KPI
     workers: int | None = None  # scoring processes (None: one per core; 1: in this process)
@@ -264,8 +271,8 @@ def run_detection(
     now = datetime.now().replace(microsecond=0)
     incidents: dict[str, Incident] = {}
     ids = list(meta)
-    batches = [ids[b : b + config.batch] for b in range(0, len(ids), config.batch)]
     workers = config.scoring_processes()
+    batches = _batches(store, ids, meta, config, workers)
     done = 0
 
     def apply(batch: list[int], result: tuple[Any, pl.DataFrame, list[Episode], int]) -> None:
@@ -439,6 +446,42 @@ def _recent_incidents(
     newest = max((s.scored_until for s in states.values() if s.scored_until), default=None)
     since = (newest or datetime(1970, 1, 1)) - config.policy.reopen_within - config.policy.merge_gap
     return {i.id: i for i in results.recent_incidents(store, since)}
+
+
+def _batches(
+    store: Store, ids: list[int], meta: dict[int, dict[str, Any]], config: DetectConfig, workers: int
+) -> list[list[int]]:
+    """``ids`` cut into consecutive batches (order kept) by the points each brings: a series never scored counts
+    as ``batch_points / batch`` (its whole history), a scored one as its members' rows after its watermark."""
+    marks = results.watermarks(store, ids)
+    first_fit = config.batch_points / max(config.batch, 1)
+    weight = dict.fromkeys(ids, first_fit)
+    if marks:
+        counts: dict[str, dict[int, datetime]] = {"points": {}, "histograms": {}}
+        for s, mark in marks.items():
+            table = counts["histograms" if meta[s]["kind"] == "histogram" else "points"]
+            for m in meta[s]["members"]:
+                table[m] = min(table.get(m, mark), mark)
+        new = {
+            m: n
+            for kind, since in counts.items()
+            for m, n in results.new_point_counts(store, since, kind=kind).items()
+        }
+        for s in marks:
+            weight[s] = sum(new.get(m, 0) for m in meta[s]["members"])
+    cap = min(config.max_batch, max(config.batch, -(-len(ids) // (2 * workers))))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    total = 0.0
+    for s in ids:
+        if current and (total + weight[s] > config.batch_points or len(current) >= cap):
+            batches.append(current)
+            current, total = [], 0.0
+        current.append(s)
+        total += weight[s]
+    if current:
+        batches.append(current)
+    return batches
 
 
 def _prepare(

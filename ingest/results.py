@@ -82,12 +82,14 @@ def load_states(store: Store, series_ids: Sequence[int], *, pickled: bool = Fals
     ids = [int(i) for i in series_ids]
     if not ids:
         return {}
+    # the range as a plain filter too: the scan skips the row groups outside it (zone maps on series_id)
+    # instead of reading every state's blob into the semi-join
     rows = (
         store.cursor()
         .execute(
             "SELECT series_id, detector, state, alarm, scored_until, fitted_until FROM detector_state "
-            "WHERE series_id IN (SELECT unnest($ids::BIGINT[]))",
-            {"ids": ids},
+            "WHERE series_id BETWEEN $lo AND $hi AND series_id IN (SELECT unnest($ids::BIGINT[]))",
+            {"ids": ids, "lo": min(ids), "hi": max(ids)},
         )
         .fetchall()
     )
@@ -98,6 +100,21 @@ def load_states(store: Store, series_ids: Sequence[int], *, pickled: bool = Fals
         return Pickled(blob) if pickled else Pickled(blob).load()
 
     return {int(r[0]): SeriesState(r[1], read(r[2]), read(r[3]), r[4], r[5]) for r in rows}
+
+
+def watermarks(store: Store, series_ids: Sequence[int]) -> dict[int, datetime]:
+    """``scored_until`` of the given series that have been scored (their states are not read)."""
+    ids = [int(i) for i in series_ids]
+    if not ids:
+        return {}
+    cur = store.cursor()
+    cur.complete()
+    rows = cur.execute(
+        "SELECT series_id, scored_until FROM detector_state "
+        "WHERE scored_until IS NOT NULL AND series_id IN (SELECT unnest($ids::BIGINT[]))",
+        {"ids": ids},
+    ).fetchall()
+    return {int(r[0]): r[1] for r in rows}
 
 
 def points_since(
@@ -113,8 +130,31 @@ def points_since(
     """
     if not since:
         return pl.DataFrame(schema=schema.POINTS if kind == "points" else schema.HISTOGRAMS)
-    table = {"points": "points", "histograms": "histograms"}[kind]
     cols = "p.series_id, p.ts, p.value" if kind == "points" else "p.*"
+    return _after_watermarks(store, since, kind, cols, "ORDER BY p.series_id, p.ts", history_from)
+
+
+def new_point_counts(
+    store: Store, since: Mapping[int, datetime | None], *, kind: str = "points"
+) -> dict[int, int]:
+    """How many points (or histogram rows) each series has after its own watermark (series with none are
+    absent); one scan of the rows after the earliest watermark."""
+    if not since:
+        return {}
+    df = _after_watermarks(store, since, kind, "p.series_id, count(*) AS n", "GROUP BY p.series_id")
+    return dict(zip(df["series_id"].to_list(), df["n"].to_list(), strict=True))
+
+
+def _after_watermarks(
+    store: Store,
+    since: Mapping[int, datetime | None],
+    kind: str,
+    select: str,
+    tail: str,
+    history_from: datetime | None = None,
+) -> pl.DataFrame:
+    """``SELECT {select}`` over the rows of ``kind``'s table (alias ``p``) after each series' watermark."""
+    table = {"points": "points", "histograms": "histograms"}[kind]
     floor = history_from or datetime(1970, 1, 1)
     marks = [v or floor for v in since.values()]
     w = pl.DataFrame(
@@ -127,14 +167,13 @@ def points_since(
     try:
         # the earliest watermark as a plain filter too: the scan skips the row groups before it (zone maps on
         # ts), so an incremental run reads the new points, not the whole table
-        df = cur.sql(
-            f"SELECT {cols} FROM {table} p JOIN rootwise_watermarks w "
-            "ON p.series_id = w.series_id AND p.ts > w.since WHERE p.ts > $earliest ORDER BY p.series_id, p.ts",
+        return cur.sql(
+            f"SELECT {select} FROM {table} p JOIN rootwise_watermarks w "
+            f"ON p.series_id = w.series_id AND p.ts > w.since WHERE p.ts > $earliest {tail}",
             params={"earliest": min(marks)},
         ).pl()
     finally:
         cur.unregister("rootwise_watermarks")
-    return df
 
 
 def counter_increases_since(

@@ -341,6 +341,45 @@ def test_parallel_scoring_gives_the_same_results_as_one_process(tmp_path: Path) 
         s.close()
 
 
+def test_incremental_passes_batch_series_by_their_new_points(store: Store) -> None:
+    from dataclasses import replace
+
+    from app.detect import _batches, _plan
+    from ingest.results import detection_catalog
+
+    store.append(_fleet(2 * 1440))
+    config = DetectConfig(batch=2, batch_points=1000, workers=1)
+
+    def sizes(cfg: DetectConfig, workers: int = 1) -> list[int]:
+        meta = _plan(store, detection_catalog(store), cfg)
+        return [len(b) for b in _batches(store, list(meta), meta, cfg, workers)]
+
+    assert sizes(config) == [2, 2, 2, 2]  # first fits: `batch` series each
+    run_detection(store, config)
+    store.append(_fleet(30, offset=2 * 1440))
+    # 30 new points each: the points budget would take all 8, but each process gets two batches
+    assert sizes(config) == [4, 4] and sizes(config, workers=2) == [2, 2, 2, 2]
+    assert sizes(replace(config, batch_points=100)) == [3, 3, 2]  # 3 x 30 points fit in 100
+    assert sizes(replace(config, max_batch=3)) == [3, 3, 2]
+
+
+def test_incidents_and_anomalies_do_not_depend_on_batching(tmp_path: Path) -> None:
+    configs = {"alone": DetectConfig(batch=1, batch_points=1, workers=1), "default": DetectConfig(workers=1)}
+    found = {}
+    for name, config in configs.items():
+        with Store(tmp_path / f"{name}.duckdb") as s:
+            s.append(_fleet(2 * 1440 + 600))
+            run_detection(s, config)
+            for k in range(3):  # the shift starts in the second increment and lasts past the third
+                s.append(_fleet(20, shift_at=2 * 1440 + 630, offset=2 * 1440 + 600 + 20 * k))
+                run_detection(s, config)
+            anomalies = s.cursor().execute("SELECT series_id, ts, score FROM anomalies ORDER BY ALL").fetchall()
+            found[name] = (list_incidents(s), anomalies)
+    assert found["alone"] == found["default"]
+    incidents, anomalies = found["default"]
+    assert any(i["service"] == "rag-api" and i["status"] == "open" for i in incidents) and anomalies
+
+
 def test_histogram_mean_kpi_sums_members_and_handles_restarts() -> None:
     from app.detect import histogram_mean_series
 
