@@ -4,6 +4,7 @@ shifts and spikes."""
 from __future__ import annotations
 
 import pickle
+from dataclasses import replace
 
 import numpy as np
 import polars as pl
@@ -331,9 +332,11 @@ _INCREMENTAL = {
     "small": dict(_SMALL, channels=("level", "change", "mean"), weights={}),
     "weighted": dict(
         _SMALL,
-        channels=("level", "change", "mean", "pattern"),
+        channels=("level", "change", "mean", "median", "pattern"),
+        medians=(15,),
         pattern_memory=200,
-        weights={"pattern": 0.2, "change": 0.5},
+        weights={"pattern": 0.2, "change": 0.5, "median": 0.2},
+        holds={"median": (20, 4.0)},
     ),
 }
 _NEW = 1700  # new points scored in chunks after the fit: more than either calibration window
@@ -467,6 +470,7 @@ def test_young_streams_and_every_channel_are_incremental(sizes: tuple[int, ...])
             min_history=30,
             suppress=10,
             means=(5,),
+            medians=(7,),
             channels=CHANNELS,
             pattern_width=8,
             pattern_memory=100,
@@ -479,6 +483,38 @@ def test_young_streams_and_every_channel_are_incremental(sizes: tuple[int, ...])
         det.fit(_frame(y[:1]))
         got = np.r_[one_pass[:1], _in_chunks(det, y, 1, sizes)["score"].to_numpy()]
         np.testing.assert_allclose(got, one_pass, rtol=1e-12, atol=1e-12, err_msg=str(params))
+
+
+def test_a_state_kept_for_other_channels_warms_the_new_ones_up() -> None:
+    """A state stored for other channels (the default before the median channel joined it) is not read
+    channel by channel: the stream starts again from its kept values, warm-ups included. A state
+    stored before the channels were recorded continues exactly when its channel count matches."""
+    y = _noisy_series(1600, seed=3)
+    y[1400:] += 8.0  # a shift after the switch
+    common = dict(
+        window=60, long=200, min_history=30, suppress=10, means=(5,), pattern_width=8, pattern_memory=100
+    )
+    old = StreamingDetector(channels=("change", "mean", "pattern"), **common).fit(_frame(y[:1200]))
+    state = old.states_[1]
+    assert state.channels == ("change", "mean:5", "pattern")
+    new = StreamingDetector(channels=("change", "mean", "median", "pattern"), medians=(7,), **common)
+    new.states_ = {1: state}
+    got = new.score_update(_frame(y[1200:], start=1200))["score"].to_numpy()
+    after = new.states_[1]
+    assert after.channels == ("change", "mean:5", "median:7", "pattern") and len(after.memory) == 4
+    assert np.isfinite(got).all() and after.seen == state.y.size + 400  # counted from the kept values
+    # ... as a new stream that starts with them would be scored, warm-ups included
+    fresh = _online(new, np.r_[state.y, y[1200:]])[state.y.size :]
+    np.testing.assert_allclose(got, fresh, rtol=1e-12, atol=1e-12)
+    assert got[200:210].max() >= 4  # the shift is found
+    # an unrecorded state with the same channels continues as the recorded one does
+    legacy = StreamingDetector(channels=("change", "mean", "pattern"), **common).fit(_frame(y[:1200]))
+    legacy.states_ = {1: replace(legacy.states_[1], channels=())}
+    again = StreamingDetector(channels=("change", "mean", "pattern"), **common).fit(_frame(y[:1200]))
+    np.testing.assert_array_equal(
+        legacy.score_update(_frame(y[1200:], start=1200))["score"].to_numpy(),
+        again.score_update(_frame(y[1200:], start=1200))["score"].to_numpy(),
+    )
 
 
 def test_incremental_state_is_small() -> None:
