@@ -776,23 +776,35 @@ def _score_batch(
     )
     report.points += scores.height
     episodes: list[Episode] = []
-    keep = []
-    for (sid,), g in scores.group_by(["series_id"], maintain_order=True):
-        sid = int(sid)
+    # each series' scores are one block (the detector scores a series at once): sliced with numpy, not a polars
+    # group per series (a tenth of a millisecond each, thousands of series per batch)
+    sids = scores["series_id"].to_numpy()
+    ts_all, sc_all = scores["ts"].to_numpy(), scores["score"].to_numpy()
+    bounds = np.flatnonzero(np.diff(sids)) + 1
+    starts = np.r_[0, bounds] if sids.size else bounds
+    ends = np.r_[bounds, sids.size] if sids.size else bounds
+    if np.unique(sids[starts]).size != starts.size:
+        raise AssertionError("a series' scores are not contiguous")  # pragma: no cover
+    keep = np.zeros(sids.size, dtype=bool)
+    active_all = np.zeros(sids.size, dtype=bool)
+    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+        sid = int(sids[a])
         prior = states.get(sid)
         alarm_state = prior.alarm if prior is not None and prior.alarm is not None else AlarmState()
-        ts = g["ts"].to_numpy()
-        sc = g["score"].to_numpy()
+        ts, sc = ts_all[a:b], sc_all[a:b]
         eps, alarm_state, active = _episodes(sid, meta[sid], ts, sc, config.alarm, alarm_state)
         episodes.extend(eps)
-        mask = active | (sc >= config.alarm.z)
-        if mask.any():
-            keep.append(g.filter(pl.Series(mask)).with_columns(is_anomaly=pl.Series(active[mask])))
+        keep[a:b] = active | (sc >= config.alarm.z)
+        active_all[a:b] = active
         last_ts = _dt(ts[-1])
         renewed = prior is None or sid in fresh or sid in refitted
         fitted_until = last_ts if renewed else prior.fitted_until
         new_states[sid] = results.SeriesState(
             config.detector, fitted[sid], alarm_state, last_ts, fitted_until
         )
-    anomalies = pl.concat(keep) if keep else pl.DataFrame()
+    anomalies = (
+        scores.filter(pl.Series(keep)).with_columns(is_anomaly=pl.Series(active_all[keep]))
+        if keep.any()
+        else pl.DataFrame()
+    )
     return new_states, anomalies, episodes
