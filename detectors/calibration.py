@@ -24,6 +24,7 @@ import numpy as np
 import polars as pl
 from scipy.special import ndtr, ndtri
 
+from detectors.base import pack_arrays, unpack_arrays
 from detectors.compiled import compiled
 
 #: calibrated scores are clipped here: a tail probability of ~1e-300 is "certain" for every purpose
@@ -314,27 +315,41 @@ class ExceedanceState:
     hit_exc: np.ndarray
     run: int = 0  # anomalous points in a row at the end (``hold``)
 
-    def __getstate__(self) -> dict[str, object]:
-        # positions relative to ``count`` fit in 32 bits (they lie within the trailing window)
-        return {
-            "count": self.count,
-            "top": np.stack([self.top_pos - self.count, self.top_cnt]).astype(np.int32),
-            "top_val": self.top_val,
-            "hit_pos": (self.hit_pos - self.count).astype(np.int32),
-            "hit_exc": self.hit_exc,
-            "run": self.run,
-        }
+    def __getstate__(self) -> tuple[object, ...]:
+        # one buffer for the five arrays (unpickling an array costs more than its bytes: a state holds three
+        # of these and ``rootwise detect`` loads one per series every run); positions relative to ``count``
+        # fit in 32 bits (they lie within the trailing window)
+        blob = pack_arrays(
+            self.top_val,
+            self.hit_exc,
+            (self.top_pos - self.count).astype(np.int32),
+            self.top_cnt.astype(np.int32),
+            (self.hit_pos - self.count).astype(np.int32),
+        )
+        return (self.count, self.run, self.top_val.size, self.hit_exc.size, blob)
 
-    def __setstate__(self, state: dict[str, object]) -> None:
-        count = int(state["count"])  # type: ignore[call-overload]
-        top = np.asarray(state["top"], dtype=np.int64)
-        object.__setattr__(self, "count", count)
-        object.__setattr__(self, "top_pos", top[0] + count)
-        object.__setattr__(self, "top_val", state["top_val"])
-        object.__setattr__(self, "top_cnt", top[1])
-        object.__setattr__(self, "hit_pos", np.asarray(state["hit_pos"], dtype=np.int64) + count)
-        object.__setattr__(self, "hit_exc", state["hit_exc"])
-        object.__setattr__(self, "run", int(state.get("run", 0)))  # type: ignore[call-overload]  # absent before holds
+    def __setstate__(self, state: tuple[object, ...] | dict[str, object]) -> None:
+        if isinstance(state, dict):  # pickled before the single buffer
+            count = int(state["count"])  # type: ignore[call-overload]
+            top = np.asarray(state["top"], dtype=np.int64)
+            fields = (top[0] + count, state["top_val"], top[1])
+            hits = (np.asarray(state["hit_pos"], dtype=np.int64) + count, state["hit_exc"])
+            run = int(state.get("run", 0))  # type: ignore[call-overload]  # absent before holds
+        else:
+            count, run, n_top, n_hit, blob = state  # type: ignore[misc]
+            f64, i32 = np.float64, np.int32
+            top_val, hit_exc, top_rel, top_cnt, hit_rel = unpack_arrays(
+                blob, ((f64, n_top), (f64, n_hit), (i32, n_top), (i32, n_top), (i32, n_hit))
+            )
+            fields = (top_rel.astype(np.int64) + count, top_val, top_cnt.astype(np.int64))
+            hits = (hit_rel.astype(np.int64) + count, hit_exc)
+        object.__setattr__(self, "count", int(count))
+        object.__setattr__(self, "top_pos", fields[0])
+        object.__setattr__(self, "top_val", fields[1])
+        object.__setattr__(self, "top_cnt", fields[2])
+        object.__setattr__(self, "hit_pos", hits[0])
+        object.__setattr__(self, "hit_exc", hits[1])
+        object.__setattr__(self, "run", int(run))
 
 
 #: block length of :func:`_later_at_least`'s bound and of :func:`_later_in_blocks`' steps

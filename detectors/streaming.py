@@ -75,7 +75,16 @@ from typing import Any, NamedTuple
 import numpy as np
 import polars as pl
 
-from detectors.base import Detector, SeriesScores, Threshold, check_points, iter_series, scores_frame
+from detectors.base import (
+    Detector,
+    SeriesScores,
+    Threshold,
+    check_points,
+    iter_series,
+    pack_arrays,
+    scores_frame,
+    unpack_arrays,
+)
 from detectors.calibration import (
     Z_MAX,
     anomaly_likelihood,
@@ -142,6 +151,28 @@ class StreamingState:
     raw: tuple[np.ndarray, ...]
     z: np.ndarray
     channels: tuple[str, ...] = ()
+
+    def __getstate__(self) -> tuple[object, ...]:
+        # the float arrays in one buffer (see :func:`~detectors.base.pack_arrays`)
+        arrays = (self.y, *self.raw, self.z)
+        sizes = tuple(a.size for a in arrays)
+        blob = pack_arrays(*(np.asarray(a, dtype=np.float64) for a in arrays))
+        return (self.resolution, self.seen, self.memory, self.channels, sizes, blob)
+
+    def __setstate__(self, state: tuple[object, ...] | dict[str, object]) -> None:
+        if isinstance(state, dict):  # pickled before the single buffer (a plain dataclass)
+            for k, v in state.items():
+                object.__setattr__(self, k, v)
+            return
+        resolution, seen, memory, channels, sizes, blob = state
+        arrays = unpack_arrays(blob, [(np.float64, n) for n in sizes])  # type: ignore[arg-type, attr-defined]
+        object.__setattr__(self, "y", arrays[0])
+        object.__setattr__(self, "resolution", resolution)
+        object.__setattr__(self, "seen", seen)
+        object.__setattr__(self, "memory", memory)
+        object.__setattr__(self, "raw", tuple(arrays[1:-1]))
+        object.__setattr__(self, "z", arrays[-1])
+        object.__setattr__(self, "channels", channels)
 
 
 class _Pass(NamedTuple):

@@ -517,6 +517,29 @@ def test_a_state_kept_for_other_channels_warms_the_new_ones_up() -> None:
     )
 
 
+def test_streaming_state_pickles_in_one_buffer_and_loads_old_pickles() -> None:
+    """The state's float arrays travel as one buffer; a state pickled as the plain dataclass it was before
+    (no ``channels``) still loads and continues the stream exactly."""
+    params = _INCREMENTAL["weighted"]
+    y = _realistic("seasonal", 2500)
+    det = StreamingDetector(**params).fit(_frame(y[:2000]))
+    state = det.states_[1]
+    back = pickle.loads(pickle.dumps(state))
+    for name in ("y", "z"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(state, name))
+    assert back.channels == state.channels and back.seen == state.seen and len(back.raw) == len(state.raw)
+    old = {k: v for k, v in vars(state).items() if k != "channels"}  # a plain dataclass's pickled state
+    legacy = object.__new__(StreamingState)
+    legacy.__setstate__(old)
+    assert legacy.channels == ()
+    again = StreamingDetector(**params)
+    again.states_ = {1: legacy}
+    np.testing.assert_array_equal(
+        again.score_update(_frame(y[2000:], start=2000))["score"].to_numpy(),
+        det.score_update(_frame(y[2000:], start=2000))["score"].to_numpy(),
+    )
+
+
 def test_incremental_state_is_small() -> None:
     """The kept state of a week of minutes is a fraction of the old tail (~29 KB: 3,600 values)."""
     params = _INCREMENTAL["ensemble"]
@@ -666,12 +689,24 @@ def test_exceedance_hold_keeps_an_anomaly_out_of_its_own_calibration() -> None:
         np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-9)
     state = exceedance_state(*exceedance_parts(x[:2050], hold=120, **kw)[1:], q=0.99, window=1440)
     assert state.run == 50
-    old = state.__getstate__()
-    del old["run"]  # as pickled before holds
-    assert pickle.loads(pickle.dumps(state)).run == 50
+    back = pickle.loads(pickle.dumps(state))
+    assert back.run == 50 and back.count == state.count
+    for name in ("top_pos", "top_val", "top_cnt", "hit_pos", "hit_exc"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(state, name))
+        assert getattr(back, name).dtype == getattr(state, name).dtype and getattr(back, name).flags.writeable
+    # as pickled before holds and before the single buffer: a dict, positions relative to the count
+    old = {
+        "count": state.count,
+        "top": np.stack([state.top_pos - state.count, state.top_cnt]).astype(np.int32),
+        "top_val": state.top_val,
+        "hit_pos": (state.hit_pos - state.count).astype(np.int32),
+        "hit_exc": state.hit_exc,
+    }
     restored = object.__new__(type(state))
     restored.__setstate__(old)
     assert restored.run == 0
+    np.testing.assert_array_equal(restored.top_pos, state.top_pos)
+    np.testing.assert_array_equal(restored.hit_pos, state.hit_pos)
 
 
 def test_later_at_least_counts_exactly_below_k() -> None:
