@@ -58,10 +58,11 @@ class DetectConfig:
     history: timedelta = timedelta(days=14)
     #: series per batch when each is read from its beginning (a first fit): what bounds a batch's memory
     batch: int = 500
-    #: series already scored are batched by their new points instead (:func:`_batches`): a batch fills up to
-    #: about this many (a first fit counts as ``batch_points / batch``), with at most ``max_batch`` series and
-    #: at least two batches per scoring process. An incremental pass over a large fleet is then a few batches of
-    #: thousands of series, not dozens of 500 that each scan the same new rows and write one transaction
+    #: series already scored are batched by their new points instead (:func:`_batches`): a batch holds at most
+    #: this many (a first fit counts as ``batch_points / batch``) and at most ``max_batch`` series; within that,
+    #: about four batches per scoring process when there is much to score, at least two, and no fewer than 100,000
+    #: points each. An incremental pass over a large fleet is then a few batches of thousands of series, not
+    #: dozens of 500 that each scan the same new rows and write one transaction
     batch_points: int = 5_000_000
     max_batch: int = 5_000
     min_points: int = 30  # a series with fewer points waits for more before its first fit
@@ -448,6 +449,11 @@ def _recent_incidents(
     return {i.id: i for i in results.recent_incidents(store, since)}
 
 
+#: see :func:`_batches`
+_BATCHES_PER_PROCESS = 4
+_MIN_BATCH_POINTS = 100_000
+
+
 def _batches(
     store: Store, ids: list[int], meta: dict[int, dict[str, Any]], config: DetectConfig, workers: int
 ) -> list[list[int]]:
@@ -469,12 +475,18 @@ def _batches(
         }
         for s in marks:
             weight[s] = sum(new.get(m, 0) for m in meta[s]["members"])
+    # series: at least two batches per process (one scores while the next is read); points: about
+    # _BATCHES_PER_PROCESS batches per process when there is much to score (a pass of a busy server), so the last
+    # batch does not leave a process idle for long, but not below _MIN_BATCH_POINTS (each batch scans the new
+    # rows and commits once) nor above ``batch_points`` (memory)
     cap = min(config.max_batch, max(config.batch, -(-len(ids) // (2 * workers))))
+    budget = sum(weight.values()) / (_BATCHES_PER_PROCESS * workers)
+    budget = min(config.batch_points, max(_MIN_BATCH_POINTS, budget))
     batches: list[list[int]] = []
     current: list[int] = []
     total = 0.0
     for s in ids:
-        if current and (total + weight[s] > config.batch_points or len(current) >= cap):
+        if current and (total + weight[s] > budget or len(current) >= cap):
             batches.append(current)
             current, total = [], 0.0
         current.append(s)

@@ -341,7 +341,9 @@ def test_parallel_scoring_gives_the_same_results_as_one_process(tmp_path: Path) 
         s.close()
 
 
-def test_incremental_passes_batch_series_by_their_new_points(store: Store) -> None:
+def test_incremental_passes_batch_series_by_their_new_points(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from dataclasses import replace
 
     from app.detect import _batches, _plan
@@ -361,6 +363,11 @@ def test_incremental_passes_batch_series_by_their_new_points(store: Store) -> No
     assert sizes(config) == [4, 4] and sizes(config, workers=2) == [2, 2, 2, 2]
     assert sizes(replace(config, batch_points=100)) == [3, 3, 2]  # 3 x 30 points fit in 100
     assert sizes(replace(config, max_batch=3)) == [3, 3, 2]
+    # much to score (a busy server's pass): about four batches per process, each of at least the minimum
+    monkeypatch.setattr("app.detect._MIN_BATCH_POINTS", 10)
+    assert sizes(config) == [2, 2, 2, 2]  # 240 new points / 4 = 60 per batch
+    monkeypatch.setattr("app.detect._MIN_BATCH_POINTS", 90)
+    assert sizes(config) == [3, 3, 2]
 
 
 def test_incidents_and_anomalies_do_not_depend_on_batching(tmp_path: Path) -> None:
@@ -373,7 +380,9 @@ def test_incidents_and_anomalies_do_not_depend_on_batching(tmp_path: Path) -> No
             for k in range(3):  # the shift starts in the second increment and lasts past the third
                 s.append(_fleet(20, shift_at=2 * 1440 + 630, offset=2 * 1440 + 600 + 20 * k))
                 run_detection(s, config)
-            anomalies = s.cursor().execute("SELECT series_id, ts, score FROM anomalies ORDER BY ALL").fetchall()
+            anomalies = (
+                s.cursor().execute("SELECT series_id, ts, score FROM anomalies ORDER BY ALL").fetchall()
+            )
             found[name] = (list_incidents(s), anomalies)
     assert found["alone"] == found["default"]
     incidents, anomalies = found["default"]
