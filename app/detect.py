@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from app.procs import exit_with_parent
 from detectors.alarms import AlarmRule, AlarmState
 from detectors.incidents import Episode, Incident, IncidentPolicy, update_incidents
 from detectors.registry import make_detector
@@ -374,7 +375,7 @@ class ScoringPool:
                         self.workers,
                         mp_context=mp.get_context("spawn"),
                         initializer=_start_worker,
-                        initargs=(self.nice,),
+                        initargs=(self.nice, os.getpid()),
                     )
                     # each submit with no idle worker starts one: all start now, under the setting above
                     warm = [ex.submit(_warm_worker) for _ in range(self.workers)]
@@ -394,7 +395,8 @@ class ScoringPool:
             ex.shutdown(wait=True, cancel_futures=True)
 
 
-def _start_worker(nice: int) -> None:
+def _start_worker(nice: int, parent: int) -> None:
+    exit_with_parent(parent)
     if nice:
         os.nice(nice)
 

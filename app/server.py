@@ -20,6 +20,7 @@ import flask
 from waitress import wasyncore
 from waitress.server import create_server
 
+from app.procs import exit_with_parent
 from app.receiver import MAX_BODY_BYTES, otlp_blueprint
 from ingest.batch import TelemetryBatch
 from ingest.genai import DEFAULT_TENANT_ATTRIBUTE
@@ -163,7 +164,12 @@ def serve(
         decode_workers = os.cpu_count() or 1
     # spawn, not fork: this process runs threads and holds the DuckDB file
     pool = (
-        ProcessPoolExecutor(decode_workers, mp_context=multiprocessing.get_context("spawn"))
+        ProcessPoolExecutor(
+            decode_workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=exit_with_parent,
+            initargs=(os.getpid(),),
+        )
         if decode_workers > 0
         else None
     )

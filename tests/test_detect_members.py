@@ -180,3 +180,44 @@ def test_a_kept_scoring_pool_serves_passes_like_fresh_processes(tmp_path: Path) 
         pool.close()
         for store in dbs.values():
             store.close()
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie (a zombie's parent, init once re-parented, reaps it)."""
+    import os
+
+    try:
+        os.kill(pid, 0)
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[-1][0] != "Z"
+    except (ProcessLookupError, FileNotFoundError):
+        return False
+
+
+def test_scoring_processes_end_when_their_parent_is_killed() -> None:
+    """A parent killed with SIGKILL (an OOM kill of ``rootwise detect``) does not leave its scoring processes
+    waiting on the pool forever: they notice they were re-parented and exit (``rootwise serve``'s own
+    processes are checked in its SIGKILL test)."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import json, os, signal\n"
+        "from app.detect import ScoringPool\n"
+        "pool = ScoringPool(2)\n"
+        "pool.executor()\n"
+        "print(json.dumps([pid for pid, _, _ in pool.started]), flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    # stdout to a pipe the workers do not keep open past their exit: run() returns once they are gone
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=60)
+    assert out.returncode == -9, out.stderr
+    pids = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(pids) == 2
+    deadline = time.monotonic() + 20
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in pids)

@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -169,6 +170,22 @@ def test_serve_detects_explains_pages_and_resolves(tmp_path: Path, serve_process
     assert PD_KEY not in (proc.stderr.read() if proc.stderr else "")
 
 
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie (a zombie's parent, init once re-parented, reaps it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[-1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def test_sigkill_with_undelivered_notifications_then_restart_delivers(
     tmp_path: Path, serve_process, receiver: Receiver
 ) -> None:
@@ -182,8 +199,15 @@ def test_sigkill_with_undelivered_notifications_then_restart_delivers(
     wait_for(
         lambda: len({r.path.split("/")[1] for r in receiver.received}) == 3, 90, "attempts at all three", proc
     )
+    children = _children(proc.pid)  # the OTLP decode processes (and multiprocessing's resource tracker)
+    assert len(children) >= 2, children
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
+    # re-parented, they exit instead of waiting on their pools forever with their memory
+    deadline = time.monotonic() + 20
+    while any(_alive(c) for c in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [c for c in children if _alive(c)]
     attempted = {r.path for r in receiver.received}
     assert not receiver.ok()
     receiver.reply = lambda p, h, b: (202, {}, b'{"status":"success"}')
