@@ -40,6 +40,7 @@ import polars as pl
 
 from app.procs import exit_with_parent
 from detectors.alarms import AlarmRule, AlarmState
+from detectors.base import series_blocks
 from detectors.incidents import Episode, Incident, IncidentPolicy, update_incidents
 from detectors.registry import make_detector
 from ingest import results
@@ -794,14 +795,12 @@ def _score_batch(
     # group per series (a tenth of a millisecond each, thousands of series per batch)
     sids = scores["series_id"].to_numpy()
     ts_all, sc_all = scores["ts"].to_numpy(), scores["score"].to_numpy()
-    bounds = np.flatnonzero(np.diff(sids)) + 1
-    starts = np.r_[0, bounds] if sids.size else bounds
-    ends = np.r_[bounds, sids.size] if sids.size else bounds
-    if np.unique(sids[starts]).size != starts.size:
+    blocks = series_blocks(sids)
+    if len({int(sids[a]) for a, _ in blocks}) != len(blocks):
         raise AssertionError("a series' scores are not contiguous")  # pragma: no cover
     keep = np.zeros(sids.size, dtype=bool)
     active_all = np.zeros(sids.size, dtype=bool)
-    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+    for a, b in blocks:
         sid = int(sids[a])
         prior = states.get(sid)
         alarm_state = prior.alarm if prior is not None and prior.alarm is not None else AlarmState()

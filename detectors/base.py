@@ -115,11 +115,22 @@ def iter_series(frame: pl.DataFrame) -> Iterator[tuple[int, np.ndarray, np.ndarr
     sid = frame["series_id"].to_numpy()
     t = frame["ts"].dt.epoch("us").to_numpy()
     y = frame["value"].to_numpy()
-    bounds = np.flatnonzero(np.diff(sid)) + 1
-    starts = np.r_[0, bounds]
-    ends = np.r_[bounds, sid.size]
-    for a, b in zip(starts, ends, strict=True):
+    for a, b in series_blocks(sid):
         yield int(sid[a]), t[a:b], y[a:b]
+
+
+def series_blocks(series_ids: np.ndarray) -> list[tuple[int, int]]:
+    """``(start, end)`` of each run of equal ids, in order (a frame sorted or grouped by series).
+
+    Examples
+    --------
+    >>> series_blocks(np.array([4, 4, 2, 7, 7, 7]))
+    [(0, 2), (2, 3), (3, 6)]
+    """
+    if not series_ids.size:
+        return []
+    bounds = (np.flatnonzero(np.diff(series_ids)) + 1).tolist()
+    return list(zip([0, *bounds], [*bounds, series_ids.size], strict=True))
 
 
 class Detector:

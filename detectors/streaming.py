@@ -838,18 +838,17 @@ class StreamingDetector(Detector):
         # per raw channel: its calibration hold (points, z); (0, z) holds nothing
         return [self.holds.get(name, (0, 5.0)) for name in self._channel_names()]
 
+    def _raw_channels(self) -> list[tuple[str, int | None]]:
+        # one (name, recent length or None) per raw channel, in the order :meth:`_surprises` returns them
+        lengths: dict[str, tuple[int | None, ...]] = {"mean": self.means, "median": self._medians()}
+        return [(c, k) for c in CHANNELS if c in self.channels for k in lengths.get(c, (None,))]
+
     def _channel_keys(self) -> tuple[str, ...]:
         # one key per raw channel, with the recent lengths (what a stored state's memory belongs to)
-        lengths = {"mean": iter(self.means), "median": iter(self._medians())}
-        return tuple(f"{c}:{next(lengths[c])}" if c in lengths else c for c in self._channel_names())
+        return tuple(c if k is None else f"{c}:{k}" for c, k in self._raw_channels())
 
     def _channel_names(self) -> list[str]:
-        # one name per raw channel, in the order :meth:`_surprises` returns them
-        names = []
-        for c in CHANNELS:
-            if c in self.channels:
-                names += [c] * (len(self.means) if c == "mean" else len(self.medians) if c == "median" else 1)
-        return names
+        return [c for c, _ in self._raw_channels()]
 
     def _combine(self, zs: list[np.ndarray]) -> np.ndarray:
         """Max of the calibrated channels with a (weighted) Bonferroni correction: channel ``c`` with weight
