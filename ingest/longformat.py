@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 import polars as pl
+import polars.selectors as cs
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
@@ -192,14 +193,20 @@ def _decode_binary(series: pl.Series) -> tuple[pl.Series, pl.Series | None]:
     return pl.Series(series.name, out, dtype=pl.Utf8), pl.Series(series.name, bad, dtype=pl.Boolean)
 
 
+def _col(name: str) -> pl.Expr:
+    """The column called ``name``, literally: ``pl.col`` reads ``*`` as every column and ``^...$`` as a regular
+    expression, and label column names come from users' files."""
+    return cs.by_name(name).as_expr()
+
+
 def _as_text(frame: pl.DataFrame, column: str, source: str) -> pl.Expr:
     dtype = frame.schema[column]
     if isinstance(dtype, pl.Categorical | pl.Enum):
-        return pl.col(column).cast(pl.Categorical)
+        return _col(column).cast(pl.Categorical)
     if dtype == pl.Utf8 or dtype == pl.Null or dtype.is_numeric() or dtype == pl.Boolean:
-        return pl.col(column).cast(pl.Utf8).cast(pl.Categorical)
+        return _col(column).cast(pl.Utf8).cast(pl.Categorical)
     if isinstance(dtype, pl.Datetime | pl.Date | pl.Time | pl.Duration):
-        return pl.col(column).cast(pl.Utf8).cast(pl.Categorical)
+        return _col(column).cast(pl.Utf8).cast(pl.Categorical)
     raise LongFormatError(
         f"{source}: column {column!r} has type {dtype}; label columns must hold scalar values"
     )
@@ -301,8 +308,8 @@ def long_frame_to_batch(
     cats = df.select([_as_text(df, c, source).alias(c) for c in key_cols])
     # labels: empty string = absent; metric/service/kind/unit emptiness is judged per unique key below
     if labels:
-        cats = cats.with_columns([pl.when(pl.col(c) != "").then(pl.col(c)).alias(c) for c in labels])
-    key = _combined_key(cats.select([pl.col(c).to_physical() for c in key_cols]))
+        cats = cats.with_columns([pl.when(_col(c) != "").then(_col(c)).alias(c) for c in labels])
+    key = _combined_key(cats.select([_col(c).to_physical() for c in key_cols]))
 
     ts_dtype = df.schema["ts"]
     if isinstance(ts_dtype, _STRINGY) or ts_dtype == pl.Utf8:
@@ -370,8 +377,8 @@ def _combined_key(codes: pl.DataFrame) -> pl.Series:
     by their unique combination with a join.
     """
     bounds = codes.select(
-        [pl.col(c).min().alias(f"lo{i}") for i, c in enumerate(codes.columns)]
-        + [pl.col(c).max().alias(f"hi{i}") for i, c in enumerate(codes.columns)]
+        [_col(c).min().alias(f"lo{i}") for i, c in enumerate(codes.columns)]
+        + [_col(c).max().alias(f"hi{i}") for i, c in enumerate(codes.columns)]
     ).row(0)
     n = len(codes.columns)
     parts = []
@@ -382,7 +389,7 @@ def _combined_key(codes: pl.DataFrame) -> pl.Series:
         hi = 0 if hi is None else int(hi)
         width = (hi - lo + 1).bit_length()
         total_bits += width
-        parts.append(((pl.col(c).cast(pl.UInt64) - lo + 1).fill_null(0), width))
+        parts.append(((_col(c).cast(pl.UInt64) - lo + 1).fill_null(0), width))
     if total_bits <= 64:
         expr: pl.Expr | None = None
         for part, width in parts:
@@ -390,9 +397,8 @@ def _combined_key(codes: pl.DataFrame) -> pl.Series:
         assert expr is not None
         return codes.select(expr.alias(_KEY)).get_column(_KEY)
     uniq = codes.unique().with_row_index(_KEY).with_columns(pl.col(_KEY).cast(pl.UInt64))
-    return codes.join(uniq, on=codes.columns, how="left", nulls_equal=True, maintain_order="left").get_column(
-        _KEY
-    )
+    on = [_col(c) for c in codes.columns]
+    return codes.join(uniq, on=on, how="left", nulls_equal=True, maintain_order="left").get_column(_KEY)
 
 
 def _series_of_uniques(
@@ -410,7 +416,7 @@ def _series_of_uniques(
     cols = ["metric", "service", *labels]
     cols += ["kind"] if has_kind else []
     cols += ["unit"] if has_unit else []
-    for row in uniq.select(cols).iter_rows():
+    for row in uniq.select([_col(c) for c in cols]).iter_rows():
         hit = cache.get(row)
         if hit is None:
             hit = cache[row] = _series_of_row(row, labels, has_kind, has_unit, default_kind)
@@ -455,18 +461,18 @@ def _raw_json(bad_rows: pl.DataFrame) -> list[str]:
         raw_col = f"\x00raw:{c}"
         if raw_col in bad_rows.columns:
             exprs.append(
-                pl.col(raw_col)
+                _col(raw_col)
                 .map_elements(lambda b: b.decode("utf-8", "backslashreplace"), return_dtype=pl.Utf8)
                 .alias(c)
             )
         elif t.is_float():
-            exprs.append(pl.col(c).cast(pl.Utf8).alias(c))
+            exprs.append(_col(c).cast(pl.Utf8).alias(c))
         elif t == pl.Binary:
-            exprs.append(pl.col(c).bin.encode("hex").alias(c))
+            exprs.append(_col(c).bin.encode("hex").alias(c))
         elif isinstance(t, pl.Categorical | pl.Enum):
-            exprs.append(pl.col(c).cast(pl.Utf8).alias(c))
+            exprs.append(_col(c).cast(pl.Utf8).alias(c))
         else:
-            exprs.append(pl.col(c))
+            exprs.append(_col(c))
     return bad_rows.select(pl.struct(exprs).struct.json_encode().alias("raw")).get_column("raw").to_list()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import math
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -450,3 +451,26 @@ def test_property_round_trip_through_duckdb(frame_rows):
             (r[2], r[3]) for r, e in zip(rows, _expected(rows), strict=True) if e[2] == sid
         )
         assert series_id(metric, service, labels) == sid
+
+
+def test_label_columns_named_like_polars_patterns_are_plain_labels() -> None:
+    """``*`` and ``^...$`` are column names like any other (polars would read them as every column and a
+    regular expression): accepted rows keep them as labels, rejected rows carry them in the dead letter."""
+    df = pl.DataFrame(
+        {
+            "ts": [datetime(2025, 1, 1), datetime(2025, 1, 1, 0, 1)],
+            "metric": ["m1", "m1"],
+            "value": [1.0, float("nan")],
+            "service": ["api", "api"],
+            "*": ["star", "star"],
+            "^a$": ["re", "re"],
+            "a": ["plain", "plain"],
+        }
+    )
+    b = long_frame_to_batch(df, "names.csv", now_ns=NOW_NS)
+    assert b.points.height == 1 and b.rejected == 1
+    labels = {"*": "star", "^a$": "re", "a": "plain"}
+    assert b.series["labels"].to_list() == [[{"key": k, "value": v} for k, v in sorted(labels.items())]]
+    assert b.points["series_id"].to_list() == [series_id("m1", "api", labels)]
+    raw = json.loads(b.rejects[0].raw)
+    assert {k: raw[k] for k in labels} == labels
