@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -26,6 +27,8 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+
+from app.procs import exit_with_parent
 
 NAB_PROFILES = ("standard", "reward_low_FP_rate", "reward_low_FN_rate")
 
@@ -65,7 +68,10 @@ def nab_scores(
                 progress(i, len(jobs))
     else:
         # spawn: polars' thread pool does not survive fork
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex:
+        # and like every pool of ours, its workers exit when this process is killed
+        with ProcessPoolExecutor(
+            workers, mp_context=mp.get_context("spawn"), initializer=exit_with_parent, initargs=(os.getpid(),)
+        ) as ex:
             for i, (k, v) in enumerate(ex.map(_score_nab_file, jobs), 1):
                 out[k] = v
                 if progress:
