@@ -282,7 +282,9 @@ def combine(results: dict[str, RcaResult]) -> list[Candidate]:
                 why.append("it matches the localised dimensions")
             if on_root:
                 why.append(f"{c.service} is the most abnormal service")
-            text = c.explanation + (f" Likely root cause: {' and '.join(why)}." if why else "")
+            text = c.explanation
+            if why:  # two sentences: the change's own explanation has no full stop
+                text = f"{text.rstrip('.')}. Likely root cause: {' and '.join(why)}."
             out.append(
                 replace(
                     c, score=rel * boost, explanation=text, evidence={**c.evidence, "dimensions": dim_labels}

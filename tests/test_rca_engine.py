@@ -87,6 +87,9 @@ def test_engine_ranks_the_rollout_first_with_the_dimension_that_agrees(rollout_s
     ranked = result.ranked()
     assert ranked[0].kind == "change" and ranked[0].event_id == "chg-rollout", ranked[:3]
     assert "matches the localised dimensions" in ranked[0].explanation
+    # the change's own explanation and the engine's reason are two sentences
+    assert ". Likely root cause: it matches the localised dimensions" in ranked[0].explanation
+    assert ranked[0].explanation.endswith(".") and ".." not in ranked[0].explanation
     dims = [c for c in ranked if c.kind == "dimension"]
     assert dims and dims[0].labels == {"model_version": "v42"}
     # the unrelated config change one minute before onset ranks below the rollout
