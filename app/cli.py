@@ -140,7 +140,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         schedule = scheduler_settings(config.extra)
         app_auth = auth_from_config(config.extra)
     except (ConfigError, CapacityConfigError) as exc:
-        raise CliError(f"{args.config or 'config'}: {exc}") from exc
+        where = f"{args.config or 'config'}: "
+        raise CliError(str(exc) if str(exc).startswith(where) else where + str(exc)) from exc
     problems = report_receiver_errors(schedule, alerting)
     if problems:
         raise CliError(f"{args.config}: " + "; ".join(problems))

@@ -83,6 +83,36 @@ def _expect(table: dict[str, Any], key: str, typ: type | tuple[type, ...], where
     return value
 
 
+#: the top-level tables of ``rootwise.toml``: this module's, and those the other readers of ``Config.extra`` take
+TABLES = frozenset(
+    {
+        "server",
+        "ingest",
+        "scrape",
+        "capacity",
+        "slos",
+        "app",
+        "scheduler",
+        "alerting",
+        "receivers",
+        "routes",
+        "inhibit_rules",
+    }
+)
+_SERVER_KEYS = frozenset({"token"})
+_INGEST_KEYS = frozenset({"tenant_attribute", "max_body_bytes"})
+_SCRAPE_KEYS = frozenset({"url", "service", "interval_s", "labels"})
+
+
+def _known(table: dict[str, Any], keys: frozenset[str], where: str, what: str = "key") -> None:
+    """A misspelt key is an error, not a silently ignored setting (``tokn`` would leave the API open)."""
+    unknown = sorted(set(table) - keys)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown {what} {unknown[0]!r}; expected one of {', '.join(sorted(keys))}"
+        )
+
+
 def load_config(path: str | Path | None) -> Config:
     """Load and validate a config file; ``None`` gives the defaults."""
     if path is None:
@@ -92,27 +122,43 @@ def load_config(path: str | Path | None) -> Config:
         raw = tomllib.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ConfigError(f"{p}: config file not found") from exc
+    except IsADirectoryError as exc:
+        raise ConfigError(f"{p}: is a directory, expected a rootwise.toml file") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read the config file: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: not valid TOML: {exc}") from exc
     where = str(p)
+    _known(raw, TABLES, where, "table")
     server = _expect(raw, "server", dict, where, {})
     ingest = _expect(raw, "ingest", dict, where, {})
+    _known(server, _SERVER_KEYS, f"{where}: server")
+    _known(ingest, _INGEST_KEYS, f"{where}: ingest")
     token_raw = _expect(server, "token", str, f"{where}: server", None)
+    if token_raw is not None and not _ENV_REF.search(token_raw):
+        # DESIGN.md: secrets live in the environment, not in the file (the value itself is never echoed)
+        raise ConfigError(
+            f'{where}: server.token: write secrets as "${{ENV_VAR}}" references, not inline values'
+        )
     token = Secret(_resolve(token_raw, f"{where}: server.token")) if token_raw else None
     scrapes = []
     for i, item in enumerate(_expect(raw, "scrape", list, where, [])):
         w = f"{where}: scrape[{i}]"
         if not isinstance(item, dict) or "url" not in item:
             raise ConfigError(f'{w}: expected a table with at least url = "http://host:port/metrics"')
+        _known(item, _SCRAPE_KEYS, w)
         url = _expect(item, "url", str, w, "")
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"{w}.url: expected an http(s) URL, got {url!r}")
         labels = _expect(item, "labels", dict, w, {})
+        interval = float(_expect(item, "interval_s", (int, float), w, 15.0))
+        if not interval > 0 or interval == float("inf"):
+            raise ConfigError(f"{w}.interval_s: expected a positive number of seconds, got {interval:g}")
         scrapes.append(
             ScrapeConfig(
                 url=url,
                 service=_expect(item, "service", str, w, None),
-                interval_s=float(_expect(item, "interval_s", (int, float), w, 15.0)),
+                interval_s=interval,
                 labels={str(k): str(v) for k, v in labels.items()},
             )
         )

@@ -70,13 +70,32 @@ def test_config_resolves_env_secrets_and_never_prints_them(tmp_path, monkeypatch
         ("[ingest]\nmax_body_bytes = 'big'\n", "ingest.max_body_bytes: expected int"),
         ('[[scrape]]\nurl = "ftp://x"\n', "scrape[0].url: expected an http(s) URL"),
         ("[server\n", "not valid TOML"),
+        # a misspelt key or table is an error, not a setting silently ignored
+        ('[server]\ntokn = "${RW_TEST_TOKEN}"\n', "server: unknown key 'tokn'; expected one of token"),
+        ("[ingest]\ntenant_atribute = 'org'\n", "ingest: unknown key 'tenant_atribute'"),
+        ('[[scrape]]\nurl = "http://127.0.0.1:9/metrics"\nintreval_s = 5\n', "scrape[0]: unknown key 'intreval_s'"),
+        ('[[scrape]]\nurl = "http://127.0.0.1:9/metrics"\ninterval_s = -5\n', "scrape[0].interval_s: expected a positive"),
+        ('[[route]]\nreceiver = "pager"\n', "unknown table 'route'"),
+        ("[apps]\n", "unknown table 'apps'"),
+        # secrets live in the environment, never inline (and the value is not echoed)
+        ('[server]\ntoken = "plaintext-secret-123"\n', 'server.token: write secrets as "${ENV_VAR}" references'),
     ],
 )
 def test_config_errors_name_the_key(tmp_path, text, message):
     cfg = tmp_path / "rootwise.toml"
     cfg.write_text(text)
-    with pytest.raises(ConfigError, match=re.escape(message)):
+    with pytest.raises(ConfigError, match=re.escape(message)) as err:
         load_config(cfg)
+    assert "plaintext-secret-123" not in str(err.value)
+
+
+def test_config_check_rejects_a_misspelt_table_and_a_directory(tmp_path, capsys):
+    cfg = tmp_path / "rootwise.toml"
+    cfg.write_text('[[route]]\nreceiver = "pager"\n')
+    assert main(["config", "check", "--config", str(cfg)]) == 2
+    assert "unknown table 'route'" in capsys.readouterr().err
+    assert main(["config", "check", "--config", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
 
 
 def test_store_held_by_another_process_is_explained(tmp_path):
