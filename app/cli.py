@@ -60,6 +60,50 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(**{units[text[-1]]: float(text[:-1])})
 
 
+def positive_duration(text: str) -> timedelta:
+    """A :func:`parse_duration` that must be at least a second (an age or a step of 0 means nothing)."""
+    d = parse_duration(text)
+    if d < timedelta(seconds=1):
+        raise argparse.ArgumentTypeError(f"expected a duration of at least 1s, got {text!r}")
+    return d
+
+
+def positive_number(text: str) -> float:
+    """A finite number > 0 (days, scale, ...)."""
+    try:
+        x = float(text)
+    except ValueError:
+        x = float("nan")
+    if not 0 < x < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return x
+
+
+def finite_number(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        x = float("nan")
+    if not -float("inf") < x < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return x
+
+
+def count(minimum: int) -> Callable[[str], int]:
+    """An integer of at least ``minimum`` (an argparse type)."""
+
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            n = minimum - 1
+        if n < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}")
+        return n
+
+    return parse
+
+
 def _open_store(db: str, *, read_only: bool = False) -> Any:
     from ingest.store import Store, StoreError
 
@@ -108,6 +152,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from ingest.simulator import simulate
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise CliError(f"--out {args.out}: is a file, expected a folder (telemetry/ and labels/ go inside)")
     manifest = simulate(
         Path(args.out), days=args.days, seed=args.seed, scale=args.scale, progress=sys.stderr.isatty()
     )
@@ -130,7 +176,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from app.capacity import CapacityConfigError, settings_from_config
     from app.config import ConfigError, load_config
     from app.scheduler import Scheduler, report_receiver_errors, scheduler_settings
-    from app.server import serve
+    from app.server import ServeError
+    from app.server import serve as _serve
 
     try:
         config = load_config(args.config)
@@ -161,38 +208,45 @@ def cmd_serve(args: argparse.Namespace) -> int:
         data.start_capacity_planner(server)
 
     targets = [ScrapeTarget(url=s.url, service=s.service, labels=s.labels) for s in config.scrape]
-    serve(
-        args.db,
-        host=args.host,
-        port=args.port,
-        token=config.token.reveal() if config.token else None,
-        tenant_attribute=config.tenant_attribute,
-        mount=mount,
-        scrape=targets,
-        # one schedule for every target: the shortest interval any target asks for
-        scrape_interval_s=min((s.interval_s for s in config.scrape), default=15.0),
-        max_body_bytes=config.max_body_bytes,
-        decode_workers=args.decode_workers,
-        scheduler=lambda store: Scheduler(
-            store, settings=schedule, alerting=alerting, capacity=capacity, db_path=args.db
-        ),
-    )
+    try:
+        _serve(
+            args.db,
+            host=args.host,
+            port=args.port,
+            token=config.token.reveal() if config.token else None,
+            tenant_attribute=config.tenant_attribute,
+            mount=mount,
+            scrape=targets,
+            # one schedule for every target: the shortest interval any target asks for
+            scrape_interval_s=min((s.interval_s for s in config.scrape), default=15.0),
+            max_body_bytes=config.max_body_bytes,
+            decode_workers=args.decode_workers,
+            scheduler=lambda store: Scheduler(
+                store, settings=schedule, alerting=alerting, capacity=capacity, db_path=args.db
+            ),
+        )
+    except ServeError as exc:
+        raise CliError(f"{exc} (is another server on it? choose a port with --port)") from exc
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from app.demo import run_demo
+    from app.server import ServeError
 
-    return run_demo(
-        db=args.db,
-        port=args.port,
-        host=args.host,
-        days=args.days,
-        seed=args.seed,
-        scale=args.scale,
-        serve=not args.no_serve,
-        fmt=args.format,
-    )
+    try:
+        return run_demo(
+            db=args.db,
+            port=args.port,
+            host=args.host,
+            days=args.days,
+            seed=args.seed,
+            scale=args.scale,
+            serve=not args.no_serve,
+            fmt=args.format,
+        )
+    except ServeError as exc:
+        raise CliError(f"{exc} (is another server on it? choose a port with --port)") from exc
 
 
 def cmd_retention(args: argparse.Namespace) -> int:
@@ -336,6 +390,7 @@ def _timestamp(text: str, flag: str) -> Any:
 
 
 def cmd_rca(args: argparse.Namespace) -> int:
+    from ingest.queries import QueryError, check_names
     from ingest.rca_view import StoreView
     from ingest.results import get_incident, save_causes
     from rca.base import RcaIncident
@@ -359,6 +414,10 @@ def cmd_rca(args: argparse.Namespace) -> int:
             start, end = _timestamp(args.start, "--start"), _timestamp(args.end, "--end")
             if end <= start:
                 raise CliError(f"--end ({args.end}) must be after --start ({args.start})")
+            try:  # a typo must not get a plausible ranking of some other service's causes
+                check_names(store, service=args.service, metric=args.metric)
+            except QueryError as exc:
+                raise CliError(f"{exc} (in {args.db})") from exc
             incident = RcaIncident(service=args.service, metric=args.metric, onset=start, end=end)
         result = explain_incident(incident, StoreView(store))
         out = result.to_json()
@@ -434,6 +493,19 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _json_option(text: str | None, flag: str) -> dict[str, Any]:
+    """A JSON object given on the command line (``{}`` when absent)."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CliError(f"{flag}: not valid JSON ({exc.msg} at character {exc.pos}): {text!r}") from exc
+    if not isinstance(value, dict):
+        raise CliError(f'{flag}: expected a JSON object such as {{"name": value}}, got {text!r}')
+    return value
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("bench-results") / f"eval-{args.what}.json"
     if args.what == "nab":
@@ -442,12 +514,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
         root = Path(args.data) if args.data else _shared_data() / "NAB"
         if not (root / "labels" / "combined_windows.json").exists():
             raise CliError(f"{root}: not a NAB checkout (labels/combined_windows.json missing)")
-        params = json.loads(args.params) if args.params else {}
+        from detectors.registry import UnknownDetectorError, make_detector
+
+        # everything is checked before the corpus is scored (a bad --loco used to fail after the whole run)
+        params, grid = _json_option(args.params, "--params"), _json_option(args.loco, "--loco")
+        if any(not isinstance(v, list) or not v for v in grid.values()):
+            raise CliError(
+                f'--loco: expected lists of values to try, such as {{"tail_q": [0.98, 0.99]}}, got {args.loco!r}'
+            )
+        try:
+            make_detector(args.detector, **params)
+        except UnknownDetectorError as exc:
+            raise CliError(str(exc)) from exc
+        except (TypeError, ValueError) as exc:
+            raise CliError(f"--params: {exc}") from exc
         result = eval_nab(
             root, args.detector, params, workers=args.workers, progress=_progress_bar("scoring NAB")
         )
-        if args.loco:
-            result["loco"] = eval_nab_loco(root, args.detector, json.loads(args.loco), workers=args.workers)
+        if grid:
+            result["loco"] = eval_nab_loco(root, args.detector, grid, workers=args.workers)
     elif args.what == "forecast" and (
         args.data == "servegen" or (args.data and list(Path(args.data).glob("derived/aggregate_rate_*.csv")))
     ):
@@ -471,6 +556,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     elif args.what == "incidents":
         from app.evaluate import eval_incidents
 
+        if args.data and not (Path(args.data) / "manifest.json").exists():
+            raise CliError(
+                f"{args.data}: not a simulator output (manifest.json missing; see rootwise simulate)"
+            )
         result = eval_incidents(
             days=args.days,
             seed=args.seed,
@@ -744,6 +833,14 @@ def _shared_data() -> Path:
 
 
 # -- parser ----------------------------------------------------------------------------------------------
+def _port(text: str) -> int:
+    """A TCP port; 0 lets the system pick a free one."""
+    n = count(0)(text)
+    if n > 65535:
+        raise argparse.ArgumentTypeError(f"expected a TCP port 0-65535, got {text!r}")
+    return n
+
+
 def _common(p: argparse.ArgumentParser, *, db: bool = True) -> None:
     if db:
         p.add_argument(
@@ -765,11 +862,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="simulate an ML platform with incidents, ingest it, serve the app")
     _common(p)
-    p.add_argument("--port", type=int, default=8050)
+    p.add_argument("--port", type=_port, default=8050)
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--days", type=float, default=3.0, help="days of telemetry to simulate (default 3)")
+    p.add_argument(
+        "--days", type=positive_number, default=3.0, help="days of telemetry to simulate (default 3)"
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--scale", type=float, default=1.0, help="platform size multiplier (default 1)")
+    p.add_argument("--scale", type=positive_number, default=1.0, help="platform size multiplier (default 1)")
     p.add_argument(
         "--no-serve", action="store_true", help="stop after the pipeline instead of serving the app"
     )
@@ -778,9 +877,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="write simulated telemetry (public formats) and ground-truth labels")
     _common(p, db=False)
     p.add_argument("--out", required=True, help="output folder (telemetry/ and labels/ are written inside)")
-    p.add_argument("--days", type=float, default=3.0)
+    p.add_argument("--days", type=positive_number, default=3.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--scale", type=float, default=1.0)
+    p.add_argument("--scale", type=positive_number, default=1.0)
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("ingest", help="ingest files or folders (format detected from content)")
@@ -798,10 +897,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--config", default=None, help="rootwise.toml")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8050)
+    p.add_argument("--port", type=_port, default=8050)
     p.add_argument(
         "--decode-workers",
-        type=int,
+        type=count(0),
         default=None,
         help="processes decoding OTLP bodies (default: one per core; 0: in the request threads)",
     )
@@ -816,7 +915,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument(
         "--raw-max-age",
-        type=parse_duration,
+        type=positive_duration,
         default=timedelta(days=14),
         help="keep raw points this long (e.g. 14d; default 14d)",
     )
@@ -827,7 +926,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("--logs-max-age", "logs"),
     ):
         p.add_argument(
-            flag, type=parse_duration, default=None, help=f"keep {what} this long (default: forever)"
+            flag, type=positive_duration, default=None, help=f"keep {what} this long (default: forever)"
         )
     p.set_defaults(func=cmd_retention)
 
@@ -902,7 +1001,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--status", choices=("open", "acknowledged", "resolved"), default=None)
     p.add_argument("--service", default=None)
-    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--limit", type=count(1), default=None, help="the newest N incidents")
     p.set_defaults(func=cmd_incidents)
 
     p = sub.add_parser("score", help="score one series (CSV timestamp,value) causally")
@@ -913,7 +1012,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="streaming",
         help="registered detector (default: streaming): " + ", ".join(DETECTORS),
     )
-    p.add_argument("--threshold", type=float, default=None, help="calibrated z threshold (default 5)")
+    p.add_argument("--threshold", type=finite_number, default=None, help="calibrated z threshold (default 5)")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser(
@@ -921,10 +1020,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(p)
     p.add_argument("file", nargs="?", metavar="FILE.csv", help="long CSV; without it the store is forecast")
-    p.add_argument("--horizon", type=int, required=True, help="steps ahead")
+    p.add_argument("--horizon", type=count(1), required=True, help="steps ahead")
     p.add_argument("--forecaster", default="auto", help="registered forecaster (default: auto)")
     p.add_argument(
-        "--step", type=parse_duration, default=timedelta(hours=1), help="store: resampling step (default 1h)"
+        "--step",
+        type=positive_duration,
+        default=timedelta(hours=1),
+        help="store: resampling step (default 1h)",
     )
     p.set_defaults(func=cmd_forecast)
 
@@ -960,8 +1062,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(p, db=False)
     p.add_argument("what", choices=("nab", "incidents", "forecast", "rca", "capacity"))
-    p.add_argument("--runs", type=int, default=200, help="capacity: simulated growth scenarios (default 200)")
-    p.add_argument("--history-days", type=int, default=28, help="capacity: days of history per scenario")
+    p.add_argument(
+        "--runs", type=count(1), default=200, help="capacity: simulated growth scenarios (default 200)"
+    )
+    p.add_argument("--history-days", type=count(1), default=28, help="capacity: days of history per scenario")
     p.add_argument(
         "--datasets",
         default="sockshop,riskloc,squeeze,nezha,simulator",
@@ -979,16 +1083,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--loco", default=None, help='nab: JSON grid {"param": [values]} for the leave-one-category-out check'
     )
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=count(1), default=2)
     p.add_argument(
         "--data",
         default=None,
         help="nab: NAB folder; forecast: M4 folder, or servegen (the ServeGen folder); "
         "incidents: an existing simulator output",
     )
-    p.add_argument("--days", type=float, default=4.0, help="incidents: simulated days (default 4)")
+    p.add_argument("--days", type=positive_number, default=4.0, help="incidents: simulated days (default 4)")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--scale", type=float, default=0.5)
+    p.add_argument("--scale", type=positive_number, default=0.5)
     p.add_argument("--out", default=None, help="JSON results file (default bench-results/eval-WHAT.json)")
     p.set_defaults(func=cmd_eval)
 
@@ -1030,6 +1134,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # the reader went away (``rootwise incidents --format json | head``): no traceback; stdout is pointed at
+        # /dev/null so the interpreter's final flush does not fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -32,6 +32,10 @@ from ingest.writer import BatchWriter, QueueFull
 DRAIN_SECONDS = 20.0
 
 
+class ServeError(RuntimeError):
+    """The server could not start (e.g. its port is taken); the message says why."""
+
+
 class _InFlight:
     """WSGI middleware counting requests whose response has not been fully produced yet."""
 
@@ -204,11 +208,10 @@ def serve(
             max_request_body_size=max_body_bytes + 1024,
             ident="rootwise",
         )
-    except BaseException:  # e.g. the port is taken
-        writer.close(timeout=60)
-        store.close()
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+    except BaseException as exc:
+        _abort(app, writer, store, pool)
+        if isinstance(exc, OSError):  # the port is taken, the host is not ours
+            raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
         raise
     sched = None
     if scheduler is not None:
@@ -216,10 +219,7 @@ def serve(
             sched = scheduler(store)
         except BaseException:
             server.close()
-            writer.close(timeout=60)
-            store.close()
-            if pool is not None:
-                pool.shutdown(cancel_futures=True)
+            _abort(app, writer, store, pool)
             raise
         sched.mount(app)
         app.extensions["rootwise_metrics"] = [*app.extensions.get("rootwise_metrics", []), sched.prometheus]
@@ -268,6 +268,17 @@ def serve(
             pool.shutdown(cancel_futures=True)
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def _abort(app: flask.Flask, writer: BatchWriter, store: Store, pool: ProcessPoolExecutor | None) -> None:
+    """Undo a start that failed after the app was built: what it runs in the background (the capacity
+    planner) stops before the store closes (closing it under a running query fails and would hide the cause)."""
+    for stop_background in app.extensions.get(ON_STOP_KEY, []):
+        stop_background()
+    writer.close(timeout=60)
+    store.close()
+    if pool is not None:
+        pool.shutdown(cancel_futures=True)
 
 
 def _warm_decoder(linger_s: float) -> None:

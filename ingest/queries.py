@@ -235,6 +235,15 @@ def _check_metric(store: Store, metric: str | None, service: str | None) -> None
             raise _unknown("service", service, known)
 
 
+def check_names(store: Store, *, service: str | None = None, metric: str | None = None) -> None:
+    """Raise :class:`UnknownNameError` (with the close matches) for a service seen nowhere in the store (metrics,
+    spans, logs, events, topology) or a metric no series has: names typed by a person are checked against the
+    catalog before anything is computed for them."""
+    if service is not None and service not in (known := services(store)):
+        raise _unknown("service", service, known)
+    _check_metric(store, metric, None)
+
+
 def _check_labels(store: Store, names: Iterable[str], metric: str | None = None) -> None:
     """Raise :class:`UnknownNameError` for the first name that is no label key of any series."""
     names = [n for n in names if n != SERVICE_LABEL]

@@ -127,3 +127,65 @@ def test_db_path_created(tmp_path):
 
     Store(db).close()
     assert Path(db).exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["simulate", "--out", "x", "--days", "0"], "--days: expected a positive number, got '0'"),
+        (["simulate", "--out", "x", "--scale", "nan"], "--scale: expected a positive number, got 'nan'"),
+        (["demo", "--days", "-1"], "--days: expected a positive number"),
+        (["retention", "--raw-max-age", "0d"], "--raw-max-age: expected a duration of at least 1s, got '0d'"),
+        (["retention", "--logs-max-age", "0.0h"], "--logs-max-age: expected a duration of at least 1s"),
+        (["forecast", "--horizon", "6", "--step", "0.4s"], "--step: expected a duration of at least 1s"),
+        (["forecast", "--horizon", "0"], "--horizon: expected a whole number >= 1, got '0'"),
+        (["incidents", "--limit", "-1"], "--limit: expected a whole number >= 1, got '-1'"),
+        (["score", "f.csv", "--threshold", "nan"], "--threshold: expected a finite number, got 'nan'"),
+        (["serve", "--decode-workers", "-1"], "--decode-workers: expected a whole number >= 0"),
+        (["serve", "--port", "70000"], "--port: expected a TCP port 0-65535"),
+    ],
+)
+def test_bad_option_values_are_usage_errors(argv, message, capsys):
+    """Values that mean nothing (a zero age or step, negative days) are refused by name with exit 2 before
+    anything runs; they used to surface as tracebacks (a Rust panic for a step of 0s)."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_eval_options_are_checked_before_the_run(tmp_path, capsys):
+    """A bad --params, --loco or --detector is reported at once, by name (not after scoring all of NAB, and not
+    as a traceback)."""
+    from app.cli import _shared_data
+
+    if not (_shared_data() / "NAB" / "labels" / "combined_windows.json").exists():
+        pytest.skip("NAB is not in ../shared/data")
+    cases = [
+        (["--params", "{bad"], "--params: not valid JSON"),
+        (["--params", '{"nope": 1}'], "--params: StreamingDetector.__init__() got an unexpected keyword argument 'nope'"),
+        (["--loco", '{"tail_q": 0.99}'], "--loco: expected lists of values to try"),
+        (["--detector", "nope"], "unknown detector 'nope'"),
+    ]
+    for extra, message in cases:
+        assert main(["eval", "nab", "--out", str(tmp_path / "x.json"), *extra]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
+    assert main(["eval", "incidents", "--data", str(tmp_path)]) == 2
+    assert "not a simulator output (manifest.json missing" in capsys.readouterr().err
+
+
+def test_simulate_into_a_file_and_a_closed_pipe(tmp_path, capsys):
+    f = tmp_path / "out"
+    f.write_text("")
+    assert main(["simulate", "--out", str(f)]) == 2
+    assert "is a file, expected a folder" in capsys.readouterr().err
+    # a reader that goes away (| head) ends the command quietly, without a traceback
+    data = tmp_path / "s.csv"
+    data.write_text("timestamp,value\n" + "".join(f"2026-01-01T00:{i // 60 % 60:02d}:{i % 60:02d},{i % 7}\n" for i in range(3000)))
+    proc = subprocess.run(
+        f"{sys.executable} -m app.cli score {data} --format json | head -c 10",
+        shell=True, capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1],
+    )
+    assert proc.stdout == '[{"timesta' and "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr

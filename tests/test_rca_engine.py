@@ -118,7 +118,12 @@ def test_rca_cli_json_shape_and_errors(rollout_store, tmp_path):
         assert main(["rca", "--db", db, "--incident", "nope"]) == 2
         assert main([*args, "--start", "yesterday", "--end", "2026-05-04T03:00:00Z"]) == 2
         assert main(["rca", "--db", db, "--service", "gateway"]) == 2
+        # names typed by a person are checked against the catalog (a typo used to rank some other causes)
+        assert main(["rca", "--db", db, "--service", "gatewya", "--metric", "errors", *window]) == 2
+        assert main(["rca", "--db", db, "--service", "gateway", "--metric", "erors", *window]) == 2
     assert "no incident 'nope'" in err.getvalue() and "--start" in err.getvalue()
+    assert "no such service 'gatewya' (did you mean 'gateway'?)" in err.getvalue()
+    assert "no such metric 'erors' (did you mean 'errors'?)" in err.getvalue()
 
 
 def test_rca_for_a_stored_incident_is_stored_with_it(rollout_store):

@@ -74,3 +74,23 @@ def test_serve_with_config_scrapes_and_requires_the_token(tmp_path, serve_proces
     assert ("rag-api", "queue_depth", 3.0) in rows
     assert ("gpu-node-1", "DCGM_FI_DEV_GPU_UTIL", 87.0) in rows
     assert ("gpu-node-1", "up", 1.0) in rows
+
+
+def test_serve_on_a_taken_port_says_so(tmp_path):
+    """A taken port is a one-line error (exit 2), not a traceback, and the store it opened is closed again."""
+    import subprocess
+    import sys
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        db = tmp_path / "x.duckdb"
+        proc = subprocess.run(
+            [sys.executable, "-m", "app.cli", "serve", "--db", str(db), "--port", str(port), "--no-scheduler",
+             "--decode-workers", "0"],
+            capture_output=True, text=True, timeout=120,
+        )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr and "Traceback" not in proc.stderr
+    Store(db).close()  # not left locked or half-written
