@@ -104,11 +104,15 @@ def count(minimum: int) -> Callable[[str], int]:
     return parse
 
 
-def _open_store(db: str, *, read_only: bool = False) -> Any:
-    from ingest.store import Store, StoreError
+def _open_store(db: str, *, read_only: bool = False, held: str | None = None) -> Any:
+    """The store at ``db``; ``held`` says where a read command finds the same answer while ``rootwise serve``
+    holds the file (the store's own message is about sending data)."""
+    from ingest.store import Store, StoreError, StoreLockedError
 
     try:
         return Store(db, read_only=read_only)
+    except StoreLockedError as exc:
+        raise CliError(f"{exc} {held}" if held else str(exc)) from exc
     except StoreError as exc:
         raise CliError(str(exc)) from exc
 
@@ -357,7 +361,12 @@ def cmd_detect(args: argparse.Namespace) -> int:
 def cmd_incidents(args: argparse.Namespace) -> int:
     from ingest.results import list_incidents
 
-    store = _open_store(args.db, read_only=True)
+    store = _open_store(
+        args.db,
+        read_only=True,
+        held="While it runs, the server gives the same list: GET /api/v1/incidents?status=&service=&limit= "
+        "(bearer token from [server] token).",
+    )
     try:
         rows = list_incidents(store, status=args.status, service=args.service, limit=args.limit)
     finally:
@@ -401,7 +410,12 @@ def cmd_rca(args: argparse.Namespace) -> int:
         raise CliError("give either --incident ID or --service/--metric/--start/--end, not both")
     if not args.incident and not all(by_window):
         raise CliError("give --incident ID, or all of --service S --metric M --start T --end T")
-    store = _open_store(args.db, read_only=not args.incident or args.no_store)
+    store = _open_store(
+        args.db,
+        read_only=not args.incident or args.no_store,
+        held="While it runs, the server explains each new incident itself: its causes are on the app's "
+        "incident page (/incident/ID).",
+    )
     try:
         if args.incident:
             record = get_incident(store, args.incident)

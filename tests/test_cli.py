@@ -111,6 +111,10 @@ def test_store_held_by_another_process_is_explained(tmp_path):
                              capture_output=True, text=True)
         assert out.returncode == 2
         assert "held by another process" in out.stderr and "/v1/metrics" in out.stderr
+        # a read command is told where the server gives the same answer
+        out = subprocess.run([sys.executable, "-m", "app.cli", "incidents", "--db", str(db)],
+                             capture_output=True, text=True)
+        assert out.returncode == 2 and "GET /api/v1/incidents" in out.stderr
     finally:
         holder.communicate("\n", timeout=30)
 
