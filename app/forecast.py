@@ -3,9 +3,11 @@
 * ``rootwise forecast FILE.csv --horizon H``: input columns ``series_id,timestamp,value`` (long), output
   ``series_id,timestamp,yhat,lo80,hi80,lo95,hi95,model`` (DESIGN.md).
 * ``rootwise forecast --db DB --horizon H``: every detected logical series (the ones ``rootwise detect``
-  scores), resampled to ``--step`` (hourly by default; counters as rates, histograms as their p99), forecast
-  and written to the ``forecasts`` table with the creation time, so later reports can compare forecasts with
-  what happened.
+  scores), resampled to ``--step`` (hourly by default; gauges as means, counters as per-step increases with
+  Prometheus' reset rule, deltas as sums, histograms as their p99), forecast and written to the ``forecasts``
+  table with the creation time, so later reports can compare forecasts with what happened. Plain series are
+  read through :mod:`ingest.queries`, so history that retention has rolled up still counts; histograms and
+  stitched series need the raw points.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import polars as pl
 from ingest.schema import TS
 
 OUTPUT_COLUMNS = ("series_id", "timestamp", "yhat", "lo80", "hi80", "lo95", "hi95", "model")
+#: how a plain series of each kind becomes one value per step for planning (``ingest.queries.resample``)
+_AGG = {"gauge": "avg", "counter": "increase", "delta": "sum"}
 
 
 def read_long_csv(path: Path) -> pl.DataFrame:
@@ -53,6 +57,7 @@ def forecast_store(
     import time
 
     from app.detect import DetectConfig, _plan, _read_points
+    from ingest import queries as q
     from ingest import results
 
     started = time.perf_counter()
@@ -60,25 +65,37 @@ def forecast_store(
         pl.col("kind").is_in(("gauge", "counter", "delta", "histogram"))
     )
     meta = _plan(store, catalog, DetectConfig())
-    rng = store.cursor().execute("SELECT max(ts) FROM points").fetchone()[0]
-    if rng is None:
+    span = q.time_range(store)  # raw points and the rollups that replaced older ones
+    if span is None or not meta:
         return {"series": 0, "forecasts": 0, "seconds": 0.0}
-    start = rng - history
-    points = _read_points(store, dict.fromkeys(meta, start), meta, DetectConfig())
-    # counters are scored on their increments by the detectors; for planning they become per-step increases
-    counters = [s for s, m in meta.items() if m["kind"] == "counter" and m["how"] == "series"]
-    every = f"{int(step.total_seconds())}s"
-    resampled = (
-        points.sort("series_id", "ts")
-        .group_by_dynamic("ts", every=every, group_by="series_id")
-        .agg(value=pl.col("value").mean(), increase=pl.col("value").max() - pl.col("value").min())
-        .with_columns(
-            value=pl.when(pl.col("series_id").is_in(counters))
-            .then(pl.col("increase"))
-            .otherwise(pl.col("value"))
+    end = span[1] + timedelta(microseconds=1)
+    start = end - history
+    # plain series through the query layer: one bucket per step, counter increases across resets, and the
+    # 5-minute / hourly rollups where retention has removed the raw points (``rootwise retention``)
+    plain: dict[tuple[str, str, str], list[int]] = {}
+    for sid, m in meta.items():
+        if m["how"] == "series" and m["kind"] in _AGG:
+            plain.setdefault((m["service"], m["metric"], m["kind"]), []).append(sid)
+    frames = [
+        q.resample_series(
+            store, metric=metric, service=service, start=start, end=end, step=step, agg=_AGG[kind]
+        ).filter(pl.col("series_id").is_in(ids))
+        for (service, metric, kind), ids in plain.items()
+    ]
+    # stitched, aggregated and histogram KPIs as detection reads them (raw points)
+    rest = {sid: m for sid, m in meta.items() if not (m["how"] == "series" and m["kind"] in _AGG)}
+    if rest:
+        points = _read_points(store, dict.fromkeys(rest, start), rest, DetectConfig())
+        # (detection reads a stitched counter as its per-step increases already: a mean per step, as for gauges)
+        frames.append(
+            points.sort("series_id", "ts")
+            .group_by_dynamic("ts", every=f"{int(step.total_seconds())}s", group_by="series_id")
+            .agg(pl.col("value").mean())
         )
-        .select("series_id", "ts", "value")
-    )
+    resampled = pl.concat([f.select("series_id", pl.col("ts").cast(TS), "value") for f in frames])
+    resampled = resampled.filter(pl.col("value").is_not_null() & pl.col("value").is_finite())
+    if resampled.height == 0:
+        return {"series": 0, "forecasts": 0, "seconds": round(time.perf_counter() - started, 1)}
     fc = forecast_frame(resampled, horizon, forecaster)
     created = now or datetime.now().replace(microsecond=0)
     n = results.write_forecasts(store, fc.rename({"timestamp": "ts"}), created=created)

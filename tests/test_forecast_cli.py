@@ -88,6 +88,16 @@ def test_forecast_store_writes_the_forecasts_table(tmp_path: Path) -> None:
     )
     s.close()
     assert n == report["forecasts"] and models >= 1 and created == 1
+    # once retention has rolled the raw points up (the simulated days are weeks old), plain series are forecast
+    # from the rollups; what needs raw points (histograms, stitched series) is not
+    assert _run("retention", "--db", str(db), "--raw-max-age", "1d", "--histograms-max-age", "1d").returncode == 0
+    s = Store(db, read_only=True)
+    assert s.cursor().execute("SELECT count(*) FROM points").fetchone()[0] == 0
+    s.close()
+    p = _run("forecast", "--db", str(db), "--horizon", "24", "--forecaster", "naive", "--format", "json")
+    assert p.returncode == 0, p.stderr
+    after = json.loads(p.stdout)
+    assert 10 < after["series"] < report["series"] and after["forecasts"] == after["series"] * 24
 
 
 def test_eval_forecast_on_an_m4_sample(tmp_path: Path, shared_data: Path) -> None:
