@@ -235,8 +235,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from app.demo import run_demo
+    from app.demo import DemoError, run_demo
     from app.server import ServeError
+    from ingest.store import StoreError
 
     try:
         return run_demo(
@@ -251,6 +252,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
     except ServeError as exc:
         raise CliError(f"{exc} (is another server on it? choose a port with --port)") from exc
+    except (DemoError, StoreError) as exc:
+        raise CliError(str(exc)) from exc
 
 
 def cmd_retention(args: argparse.Namespace) -> int:

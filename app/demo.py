@@ -15,10 +15,32 @@ def demo_data_dir(db: str) -> Path:
     return p.with_name(p.stem + "-demo-data")
 
 
+class DemoError(RuntimeError):
+    """The demo cannot run as asked (e.g. its store holds someone's real telemetry)."""
+
+
+def _foreign_store(db: str, data: Path) -> bool:
+    """``db`` holds telemetry, and no demo wrote it: a demo store has its simulated files beside it."""
+    from ingest.store import Store
+
+    if not Path(db).is_file() or data.is_dir():
+        return False
+    store = Store(db, read_only=True)
+    try:
+        return store.count("series") > 0
+    finally:
+        store.close()
+
+
 def run_demo(
     *, db: str, port: int, host: str, days: float, seed: int, scale: float, serve: bool, fmt: str = "text"
 ) -> int:
-    """Run the demo pipeline; returns the process exit code."""
+    """Run the demo pipeline; returns the process exit code.
+
+    A store that already holds telemetry the demo did not write (``./rootwise.duckdb`` may be a real one) is
+    refused: simulated incidents would be mixed into it. A demo's own store is written again (ingest is
+    idempotent, so a second run with the same seed adds nothing).
+    """
     from rich.console import Console
 
     from ingest.files import ingest_paths
@@ -27,6 +49,11 @@ def run_demo(
 
     console = Console(stderr=True)
     out = demo_data_dir(db)
+    if _foreign_store(db, out):
+        raise DemoError(
+            f"{db} already holds telemetry that no demo wrote (there is no {out.name} beside it); the demo "
+            "would mix simulated incidents into it. Give the demo its own file: rootwise demo --db demo.duckdb"
+        )
     t0 = time.perf_counter()
     console.print(
         f"[bold]1/4[/] simulating {days:g} days of an ML platform (seed {seed}, scale {scale:g}) → {out}"

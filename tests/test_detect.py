@@ -283,6 +283,17 @@ def test_demo_pipeline_runs_detection(tmp_path: Path) -> None:
     assert incidents and all(i["causes"] for i in incidents)
     assert {"rank", "kind", "service", "score", "evidence"} <= set(incidents[0]["causes"][0])
     s.close()
+    # a store with telemetry that no demo wrote (no simulated files beside it) is refused, not mixed into
+    import shutil
+
+    real = tmp_path / "real.duckdb"
+    shutil.copy(db, real)
+    p = subprocess.run(
+        [sys.executable, "-m", "app.cli", "demo", "--db", str(real), "--days", "1", "--scale", "0.05", "--no-serve"],
+        capture_output=True, text=True, check=False,
+    )
+    assert p.returncode == 2 and "already holds telemetry that no demo wrote" in p.stderr, p.stderr
+    assert not (tmp_path / "real-demo-data").exists()
 
 
 def test_seasonal_member_is_refitted_after_two_days_of_new_data(store: Store) -> None:
