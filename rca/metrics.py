@@ -335,16 +335,38 @@ def _label_text(labels: dict[str, str]) -> str:
     return f" ({', '.join(f'{k} {v}' for k, v in sorted(labels.items()))})" if labels else ""
 
 
+def _unit_text(unit: str | None) -> str:
+    """A unit as a person reads it after a number: UCUM annotations such as OpenTelemetry's ``{request}`` are
+    the counted thing (``" requests"``), other units stay as they are (``" ms"``).
+
+    Examples
+    --------
+    >>> _unit_text("{request}"), _unit_text("ms"), _unit_text(None), _unit_text("{tokens}")
+    (' requests', ' ms', '', ' tokens')
+    """
+    if not unit:
+        return ""
+    if unit.startswith("{") and unit.endswith("}") and len(unit) > 2:
+        name = unit[1:-1]
+        return f" {name}" if name.endswith("s") else f" {name}s"
+    return f" {unit}"
+
+
 def _metric_candidate(row: dict, onset: datetime) -> Candidate:
     labels = labels_dict(row["labels"])
     moved = "rose" if row["move"] >= 0 else "fell"
     where = "above" if row["move"] >= 0 else "below"
-    unit = f" {row['unit']}" if row["unit"] else ""
-    spread = {"iqr": "IQR", "relative_floor": "1% of level", "unit": "1 unit"}.get(row["scale_source"], "")
+    unit = _unit_text(row["unit"])
+    scale = f"{row['scale']:.3g}"
+    spread = {
+        "iqr": f"IQR {scale}",
+        "relative_floor": f"1% of its level, {scale}",
+        "unit": "a floor of 1, the baseline did not vary",
+    }.get(row["scale_source"], scale)
     explanation = (
         f"{row['service']} {row['metric']}{_label_text(labels)} {moved} to {row['peak']:.4g}{unit} at "
-        f"{row['peak_ts']:%H:%M:%S}, {abs(row['score']):.1f} times its baseline spread ({spread} "
-        f"{row['scale']:.3g}) {where} the baseline median {row['median']:.4g}."
+        f"{row['peak_ts']:%H:%M:%S}, {abs(row['score']):.1f} times its baseline spread ({spread}) {where} "
+        f"the baseline median {row['median']:.4g}."
     )
     evidence = {
         "onset": onset.isoformat(),

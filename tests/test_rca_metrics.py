@@ -95,6 +95,9 @@ def test_zero_iqr_series_does_not_dominate() -> None:
     assert by_id[100].score < 1.0  # 4 KiB on 300 MB is far below 1 % of the level
     assert by_id[101].evidence["scale_source"] == "unit"
     assert by_id[101].score == pytest.approx(0.02)
+    # the explanation says which spread it used, once (it used to read "(1 unit 1)")
+    assert "baseline spread (a floor of 1, the baseline did not vary)" in by_id[101].explanation
+    assert "baseline spread (1% of its level, 3e+06)" in by_id[100].explanation
     # without the floor the flat memory series would have been scored in bytes
     raw = shift_scores(points, ONSET, relative_floor=0.0).filter(pl.col("series_id") == 100)
     assert raw["score"][0] == pytest.approx(4096.0)
