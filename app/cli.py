@@ -498,8 +498,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     out = raw.select("timestamp", "value").with_columns(
         score=scored["score"].round(6), is_anomaly=scored["is_anomaly"]
     )
-    if args.format == "json":
-        print(json.dumps(out.to_dicts(), default=str))
+    if args.format == "json":  # values as numbers (the CSV echoes the file's own text)
+        print(json.dumps(out.with_columns(value=values).to_dicts(), default=str))
     elif args.format == "csv":
         print(out.with_columns(pl.col("is_anomaly").cast(pl.Int8)).write_csv(), end="")
     else:

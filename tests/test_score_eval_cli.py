@@ -68,7 +68,10 @@ def test_score_bad_input_names_file_line_and_column(tmp_path: Path, content: str
 def test_score_choose_detector_and_unknown_detector(tmp_path: Path) -> None:
     f = tmp_path / "s.csv"
     _write_series(f, np.random.default_rng(1).normal(0, 1, 500))
-    assert _run("score", str(f), "--detector", "cusum", "--format", "json").returncode == 0
+    p = _run("score", str(f), "--detector", "cusum", "--format", "json")
+    assert p.returncode == 0
+    rows = json.loads(p.stdout)
+    assert len(rows) == 500 and all(isinstance(r["value"], float) for r in rows)  # numbers, not the file's text
     p = _run("score", str(f), "--detector", "bogus")
     assert p.returncode == 2 and "unknown detector 'bogus'" in p.stderr
 
