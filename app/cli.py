@@ -371,6 +371,13 @@ def cmd_incidents(args: argparse.Namespace) -> int:
         "(bearer token from [server] token).",
     )
     try:
+        if args.service is not None:  # a typo is not "no incidents"
+            from ingest.queries import QueryError, check_names
+
+            try:
+                check_names(store, service=args.service)
+            except QueryError as exc:
+                raise CliError(f"{exc} (in {args.db})") from exc
         rows = list_incidents(store, status=args.status, service=args.service, limit=args.limit)
     finally:
         store.close()
