@@ -40,7 +40,7 @@ from ingest.jsonl import MAX_LINE_BYTES, classify_jsonl_record, iter_jsonl_batch
 from ingest.longformat import (
     GZIP_MAGIC,
     REQUIRED_COLUMNS,
-    iter_long_csv,
+    iter_long_csv_lines,
     iter_long_file,
     long_frame_to_batch,
 )
@@ -248,18 +248,20 @@ def _long_batches(path: Path, fmt: str, size: int) -> Iterator[tuple[TelemetryBa
             gz = f.read(2) == GZIP_MAGIC
         total = 0 if gz else pq.ParquetFile(path).metadata.num_rows
         for df in iter_long_file(path, batch_rows=BATCH_ROWS):
-            batch = long_frame_to_batch(df, source, first_row=rows, series_cache=series_cache)
+            # Parquet has no lines: rejects are "row N", counting from 1
+            batch = long_frame_to_batch(df, source, first_row=rows + 1, series_cache=series_cache)
             rows += df.height
             yield batch, (size * rows // total) if total else 0
         return
     malformed: list[Reject] = []
     with open(path, "rb") as raw:
         stream = _open_text_stream(path, raw)
-        for df in iter_long_csv(stream, source=source, batch_rows=BATCH_ROWS, rejects=malformed):
-            batch = long_frame_to_batch(df, source, first_row=rows, series_cache=series_cache)
+        for df, lines in iter_long_csv_lines(stream, source=source, batch_rows=BATCH_ROWS, rejects=malformed):
+            batch = long_frame_to_batch(
+                df, source, row_numbers=lines, location_word="line", series_cache=series_cache
+            )
             batch.rejects[:0] = malformed
             malformed.clear()
-            rows += df.height
             yield batch, raw.tell()
     if malformed:
         yield TelemetryBatch(rejects=malformed), size

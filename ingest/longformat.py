@@ -4,8 +4,9 @@
 without a per-row Python loop: timestamps and values are parsed with polars expressions, the label columns are
 dictionary-encoded and combined into one integer key per row, and only the *unique* series of a frame go
 through Python (:func:`ingest.batch.series_key` / :func:`ingest.batch.series_id_of_key`, so ids match every
-other decoder). Invalid rows are found with masks and dead-lettered with their row number, the reason and the
-raw row as JSON. :func:`iter_long_file` streams a file in bounded frames so memory does not grow with the file.
+other decoder). Invalid rows are found with masks and dead-lettered with their location (``line N`` of a CSV
+or JSON Lines file, ``row N`` of a Parquet file, both counting from 1), the reason and the raw row as JSON.
+:func:`iter_long_file` streams a file in bounded frames so memory does not grow with the file.
 
 Columns
 -------
@@ -29,6 +30,7 @@ every other column
 
 from __future__ import annotations
 
+import bisect
 import csv
 import gzip
 import io
@@ -38,6 +40,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, cast
 
+import numpy as np
 import polars as pl
 import polars.selectors as cs
 import pyarrow as pa
@@ -241,7 +244,7 @@ def long_frame_to_batch(
     df: pl.DataFrame,
     source: str,
     *,
-    first_row: int = 0,
+    first_row: int = 1,
     kind: str | None = None,
     now_ns: int | None = None,
     row_numbers: pl.Series | None = None,
@@ -257,14 +260,15 @@ def long_frame_to_batch(
     source
         File name (or endpoint) recorded in rejects and error messages.
     first_row
-        Row number of ``df``'s first row in its file; reject locations are ``row <first_row + index>``.
+        Number of ``df``'s first row in its file, counting from 1; reject locations are
+        ``row <first_row + index>``.
     kind
         Series kind for rows without a ``kind`` column/value (default ``gauge``).
     now_ns
         "Now" for the accepted timestamp range (tests); default the wall clock.
     row_numbers, location_word
-        Explicit number of each row and the word before it in reject locations (JSON Lines pass their line
-        numbers and ``"line"``); default ``first_row + index`` and ``"row"``.
+        Explicit number of each row and the word before it in reject locations (CSV and JSON Lines pass their
+        line numbers and ``"line"``); default ``first_row + index`` and ``"row"``.
     series_cache
         A dict shared by the batches of one file: each series is hashed and validated once per file, not
         once per batch (the batches of a long file mostly repeat the same series).
@@ -281,7 +285,7 @@ def long_frame_to_batch(
     ...                    "value": [1.5, 2.0], "service": ["api", "api"], "tenant": ["t1", "t1"]})
     >>> b = long_frame_to_batch(df, "example.csv")
     >>> b.points.height, b.series["labels"].to_list(), b.rejects[0].location
-    (1, [[{'key': 'tenant', 'value': 't1'}]], 'row 1')
+    (1, [[{'key': 'tenant', 'value': 't1'}]], 'row 2')
     """
     labels = _check_columns(df.columns, source)
     default_kind = kind or "gauge"
@@ -662,16 +666,39 @@ def iter_long_csv(
 ) -> Iterator[pl.DataFrame]:
     """Stream CSV long rows from a binary stream (header row required).
 
+    :func:`iter_long_csv_lines` without the line numbers.
+    """
+    for frame, _ in iter_long_csv_lines(
+        stream, source=source, batch_rows=batch_rows, block_bytes=block_bytes, rejects=rejects
+    ):
+        yield frame
+
+
+def iter_long_csv_lines(
+    stream: IO[bytes],
+    *,
+    source: str,
+    batch_rows: int = 1_000_000,
+    block_bytes: int = CSV_BLOCK_BYTES,
+    rejects: list[Reject] | None = None,
+) -> Iterator[tuple[pl.DataFrame, pl.Series]]:
+    """Stream CSV long rows from a binary stream (header row required), each frame with the line of each row.
+
     Every column is read as text (so label values such as ``007`` keep their exact spelling); text columns
     other than ``ts`` and ``value`` are dictionary-encoded. Empty fields are null. A row with the wrong number
     of fields is skipped into ``rejects`` (location ``line <n>`` of the file) when given, else raises.
-    Row numbers of the yielded frames count the data rows that were read (0-based, skipped rows excluded).
+
+    Line numbers count from 1 with the header as line 1, and count records the way pyarrow numbers the rows it
+    skips: one line per record. A file with blank lines or line breaks inside quoted values therefore gets,
+    after them, the number the record would have with one line per record and no blank lines (the CSV reader
+    does not report physical lines); for every other file it is the physical line.
     """
     names, header = _read_header(stream, source)
     _check_columns(names, source)
     types: dict[str, pa.DataType] = {
         n: pa.binary() if n in ("ts", "value") else pa.dictionary(pa.int32(), pa.binary()) for n in names
     }
+    skipped: list[int] = []  # line numbers of the skipped rows not yet passed, ascending
 
     def bad_row(row: Any) -> str:
         if rejects is None:
@@ -679,7 +706,23 @@ def iter_long_csv(
         where = f"line {row.number}" if row.number is not None else "line ?"
         reason = f"row has {row.actual_columns} fields, the header has {row.expected_columns}"
         rejects.append(Reject(source, where, reason, row.text.encode("utf-8", "surrogateescape")))
+        if row.number is not None:
+            skipped.append(row.number)
         return "skip"
+
+    next_line = 2  # the header is line 1
+
+    def lines_of(n: int) -> np.ndarray:
+        """The lines of the next ``n`` rows read: the next ``n`` lines that were not skipped."""
+        nonlocal next_line
+        # the rows skipped up to the end of a record batch were reported while its block was parsed; rows
+        # skipped further on (a block read ahead) only add candidates past the n we take
+        lines = np.arange(next_line, next_line + n + len(skipped), dtype=np.int64)
+        if skipped:
+            lines = lines[~np.isin(lines, skipped)][:n]
+        next_line = int(lines[-1]) + 1
+        del skipped[: bisect.bisect_left(skipped, next_line)]
+        return lines
 
     # single-threaded parsing: as fast here for a streaming reader, and it reports line numbers of bad rows
     reader = pa_csv.open_csv(
@@ -694,17 +737,19 @@ def iter_long_csv(
         ),
     )
     pending: list[pa.RecordBatch] = []
+    pending_lines: list[np.ndarray] = []
     n_pending = 0
     for rb in reader:
         if rb.num_rows == 0:
             continue
         pending.append(rb)
+        pending_lines.append(lines_of(rb.num_rows))
         n_pending += rb.num_rows
         if n_pending >= batch_rows:
-            yield _text_frame(pending, names)
-            pending, n_pending = [], 0
+            yield _text_frame(pending, names), pl.Series("line", np.concatenate(pending_lines))
+            pending, pending_lines, n_pending = [], [], 0
     if pending:
-        yield _text_frame(pending, names)
+        yield _text_frame(pending, names), pl.Series("line", np.concatenate(pending_lines))
 
 
 def _text_frame(batches: list[pa.RecordBatch], names: list[str]) -> pl.DataFrame:

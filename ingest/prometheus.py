@@ -355,7 +355,8 @@ class _Parser:
 
     # -- samples --------------------------------------------------------------------------------------
     def reject(self, lineno: int, reason: str, raw: str) -> None:
-        self.builder.reject(f"line {lineno}", f"line {lineno}: {reason}", raw)
+        # the location is stored (and shown) with the reason: saying it in the reason too repeated it
+        self.builder.reject(f"line {lineno}", reason, raw)
 
     def timestamp(self, tok: str) -> int:
         if self.openmetrics:
@@ -522,7 +523,7 @@ class _Parser:
         raw = "\n".join(self.lines[i - 1] for i in h.lines)
 
         def reject(reason: str) -> None:
-            self.builder.reject(where, f"{where}: histogram {family!r}: {reason}", raw)
+            self.builder.reject(where, f"histogram {family!r}: {reason}", raw)
 
         buckets = sorted(h.buckets)
         if not buckets or buckets[-1][0] != math.inf:
@@ -583,7 +584,9 @@ def parse_prometheus_text(
     >>> batch.points["value"].to_list(), batch.series["metric"].to_list()
     ([3.0], ['vllm:num_requests_running'])
     >>> batch.rejects[0].reason
-    'line 3: sample value NaN is not a finite number (expected a finite float)'
+    'sample value NaN is not a finite number (expected a finite float)'
+    >>> batch.rejects[0].location
+    'line 3'
     """
     return _Parser(source, service, default_ts_ns, None).parse(text)
 

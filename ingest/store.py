@@ -35,6 +35,10 @@ from ingest.migrations import LATEST, MIGRATIONS
 
 #: write-ahead log size at which DuckDB checkpoints (see ``Store.__init__``)
 CHECKPOINT_THRESHOLD = "256MB"
+#: a DuckDB database file starts with an 8-byte checksum followed by these magic bytes (DuckDB's storage
+#: format, ``MainHeader::MAGIC_BYTES``)
+DUCKDB_MAGIC = b"DUCK"
+DUCKDB_MAGIC_OFFSET = 8
 
 
 class StoreError(RuntimeError):
@@ -43,6 +47,31 @@ class StoreError(RuntimeError):
 
 class StoreLockedError(StoreError):
     """Another process holds the database file."""
+
+
+def _check_database_file(path: Path, *, read_only: bool) -> None:
+    """Refuse an existing file that is not a DuckDB database; make way for a new store at an empty one.
+
+    DuckDB refuses most such files itself, but it opens a ``.csv``, ``.parquet`` or ``.json`` file as an
+    in-memory database with a view over the file: an ingest would then report its records accepted and store
+    nothing, and a read-only command fail with "Cannot launch in-memory database in read-only mode".
+    DuckDB also refuses an empty file, which is what ``mktemp`` hands out: an empty file is removed so a new
+    store is created in its place (read-write only; read-only it is an error, there is nothing to read).
+    """
+    if not path.is_file():
+        return  # absent (a new store) or not a regular file (DuckDB's own error names it)
+    with open(path, "rb") as f:
+        head = f.read(DUCKDB_MAGIC_OFFSET + len(DUCKDB_MAGIC))
+    if not head:
+        if read_only:
+            raise StoreError(f"cannot open {path}: the file is empty (expected a DuckDB database file)")
+        path.unlink()
+        return
+    if head[DUCKDB_MAGIC_OFFSET:] != DUCKDB_MAGIC:
+        raise StoreError(
+            f"cannot open {path}: the file exists but is not a valid DuckDB database file "
+            "(expected a Rootwise store; give a path that does not exist yet to create one)"
+        )
 
 
 @dataclass
@@ -179,8 +208,10 @@ class Store:
         self.path = str(path)
         self._closed = False
         self.read_only = read_only
-        if self.path != ":memory:" and not read_only:
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        if self.path != ":memory:":
+            _check_database_file(Path(self.path), read_only=read_only)
+            if not read_only:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
             self._conn = duckdb.connect(self.path, read_only=read_only)
         except duckdb.IOException as exc:

@@ -314,11 +314,11 @@ def test_bad_rows_dead_lettered_with_file_row_and_reason(store, tmp_path: Path):
     report = ingest_paths(store, [path])
     assert report.ok  # every record was stored or dead-lettered
     assert (report.accepted, report.rejected) == (2, 6)
-    assert report.files[0].first_reasons[0] == "row 1: value NaN is not a finite number"
+    assert report.files[0].first_reasons[0] == "line 3: value NaN is not a finite number"
     assert len(report.files[0].first_reasons) == 5
     rejects = _q(store, "SELECT source, location, reason, raw FROM ingest_rejects ORDER BY reject_id")
     assert {r[0] for r in rejects} == {str(path)}
-    assert [r[1] for r in rejects] == [f"row {i}" for i in range(1, 7)]
+    assert [r[1] for r in rejects] == [f"line {i}" for i in range(3, 9)]  # the header is line 1
     assert "outside the accepted range" in rejects[2][2] and "2999-01-01" in rejects[2][2]
     assert rejects[3][2].startswith(
         "ts 1971-01-01T00:00:00Z is outside the accepted range [1990-01-01T00:00:00Z, "
@@ -375,6 +375,46 @@ def test_malformed_file_does_not_lose_the_others(store, tmp_path: Path):
     assert report.rejected == 3
 
 
+@pytest.mark.parametrize("gz", [False, True])
+def test_csv_reject_location_is_the_file_line(store, tmp_path: Path, gz: bool):
+    text = (
+        b"ts,metric,value,service\n"  # line 1
+        b"2026-10-31T00:00:00Z,rps,1,api\n"
+        b"2026-10-31T00:01:00Z,rps,2,api\n"
+        b"2026-10-31T00:02:00Z,rps,3,api\n"
+        b"2026-10-31T25:99:00Z,rps,4,api\n"  # line 5
+        b"2026-10-31T00:04:00Z,rps,5\n"  # line 6: ragged, skipped
+        b"2026-10-31T00:05:00Z,rps,x,api\n"  # line 7
+    )
+    path = tmp_path / ("long.csv.gz" if gz else "long.csv")
+    path.write_bytes(gzip.compress(text) if gz else text)
+    report = ingest_paths(store, [path])
+    assert report.ok and (report.accepted, report.rejected) == (3, 3)
+    assert report.files[0].first_reasons == [
+        "line 6: row has 3 fields, the header has 4",
+        "line 5: ts 2026-10-31T25:99:00Z is not a timestamp (expected RFC 3339 or epoch seconds/ms/us/ns)",
+        "line 7: value x is not a number",
+    ]
+    assert _q(store, "SELECT location FROM ingest_rejects ORDER BY location") == [
+        ("line 5",),
+        ("line 6",),
+        ("line 7",),
+    ]
+
+
+def test_parquet_reject_location_counts_rows_from_one_across_batches(store, tmp_path: Path, monkeypatch):
+    import ingest.files as files
+
+    monkeypatch.setattr(files, "BATCH_ROWS", 1000)
+    path = tmp_path / "x.parquet"
+    _long_df(3000).with_columns(
+        pl.when(pl.int_range(pl.len()).is_in([0, 1499])).then(float("nan")).otherwise("value").alias("value")
+    ).write_parquet(path, row_group_size=1000)
+    report = ingest_paths(store, [path])
+    assert (report.accepted, report.rejected) == (2998, 2)
+    assert _q(store, "SELECT location FROM ingest_rejects ORDER BY reject_id") == [("row 1",), ("row 1500",)]
+
+
 def test_parquet_with_bad_values_keeps_good_rows(store, tmp_path: Path):
     path = tmp_path / "x.parquet"
     pa_table = pa.table(
@@ -389,7 +429,7 @@ def test_parquet_with_bad_values_keeps_good_rows(store, tmp_path: Path):
     report = ingest_paths(store, [path])
     assert (report.accepted, report.rejected) == (1, 3)
     rejects = _q(store, "SELECT location, reason FROM ingest_rejects ORDER BY location")
-    assert [r[0] for r in rejects] == ["row 1", "row 2", "row 3"]
+    assert [r[0] for r in rejects] == ["row 2", "row 3", "row 4"]  # Parquet rows count from 1
     assert rejects[0][1] == "value NaN is not a finite number"
     assert rejects[1][1].startswith("ts 99999999999 is outside the accepted range [1990-01-01T00:00:00Z, ")
     assert rejects[2][1] == "value -inf is not a finite number"

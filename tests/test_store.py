@@ -12,7 +12,7 @@ import pytest
 from ingest import schema
 from ingest.batch import MetricBuilder, TelemetryBatch, series_id
 from ingest.migrations import LATEST, MIGRATIONS
-from ingest.store import Store, StoreError
+from ingest.store import DUCKDB_MAGIC, DUCKDB_MAGIC_OFFSET, Store, StoreError
 
 T0 = 1_767_225_600 * 10**9  # 2026-01-01T00:00Z
 
@@ -55,6 +55,51 @@ def test_newer_database_is_refused(tmp_path):
     con.close()
     with pytest.raises(StoreError, match="newer than this Rootwise"):
         Store(path)
+
+
+
+def test_a_store_file_carries_the_duckdb_magic_bytes(tmp_path):
+    path = tmp_path / "store.duckdb"
+    Store(path).close()
+    head = path.read_bytes()[:12]
+    assert head[DUCKDB_MAGIC_OFFSET:] == DUCKDB_MAGIC == b"DUCK"
+
+
+@pytest.mark.parametrize("name", ["data.csv", "data.parquet", "data.json", "notes.txt", "store.duckdb"])
+@pytest.mark.parametrize("read_only", [False, True])
+def test_an_existing_file_that_is_not_duckdb_is_refused(tmp_path, name, read_only):
+    # DuckDB opens a .csv/.parquet/.json file as an in-memory database (writes went nowhere) and refuses the
+    # others itself: each is refused the same way, naming the path, and left as it was
+    path = tmp_path / name
+    content = b"ts,metric,value,service\n2026-01-01T00:00:00Z,m,1,s\n"
+    path.write_bytes(content)
+    with pytest.raises(StoreError) as exc:
+        Store(path, read_only=read_only)
+    assert str(exc.value) == (
+        f"cannot open {path}: the file exists but is not a valid DuckDB database file "
+        "(expected a Rootwise store; give a path that does not exist yet to create one)"
+    )
+    assert path.read_bytes() == content
+
+
+@pytest.mark.parametrize("name", ["new.csv", "new.duckdb"])
+def test_an_empty_or_absent_path_becomes_a_new_store(tmp_path, name):
+    empty, absent = tmp_path / f"empty-{name}", tmp_path / f"absent-{name}"
+    empty.touch()
+    for path in (empty, absent):
+        with Store(path) as s:
+            s.append(_batch(3))
+        with Store(path, read_only=True) as s:
+            assert s.count("points") == 3  # the data is in the file, not in an in-memory database
+        assert path.read_bytes()[DUCKDB_MAGIC_OFFSET:12] == DUCKDB_MAGIC
+
+
+def test_an_empty_file_is_refused_read_only(tmp_path):
+    path = tmp_path / "empty.duckdb"
+    path.touch()
+    with pytest.raises(StoreError) as exc:
+        Store(path, read_only=True)
+    assert str(exc.value) == f"cannot open {path}: the file is empty (expected a DuckDB database file)"
 
 
 def test_append_is_idempotent(store):
