@@ -123,7 +123,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise CliError(f"no such file or directory: {', '.join(missing)}")
-    from ingest.files import ingest_paths
+    from ingest.files import expand_paths, ingest_paths
+
+    empty = [str(p) for p in paths if p.is_dir() and not expand_paths([p], exclude=[Path(args.db)])]
+    if empty:
+        raise CliError(f"no input files found in {', '.join(empty)} (hidden files are skipped)")
 
     store = _open_store(args.db)
     try:

@@ -41,6 +41,9 @@ def test_ingest_missing_path_is_a_clear_error(tmp_path, capsys):
     code = main(["ingest", str(tmp_path / "nope.parquet"), "--db", str(tmp_path / "x.duckdb")])
     assert code == 2
     assert "no such file or directory" in capsys.readouterr().err
+    (tmp_path / "empty" / ".hidden").mkdir(parents=True)
+    assert main(["ingest", str(tmp_path / "empty"), "--db", str(tmp_path / "x.duckdb")]) == 2
+    assert f"no input files found in {tmp_path / 'empty'}" in capsys.readouterr().err
 
 
 def test_parse_duration_rejects_garbage():
