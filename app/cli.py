@@ -678,6 +678,14 @@ def cmd_forecast(args: argparse.Namespace) -> int:
         except CsvInputError as exc:
             raise CliError(str(exc)) from exc
         out = forecast_frame(frame, args.horizon, args.forecaster)
+        dropped = sorted(set(frame["series_id"].unique()) - set(out["series_id"].unique()))
+        if dropped:
+            shown = ", ".join(map(str, dropped[:10])) + (
+                f" and {len(dropped) - 10} more" if len(dropped) > 10 else ""
+            )
+            print(
+                f"rootwise: warning: {args.file}: no forecast for {shown} (no values to fit)", file=sys.stderr
+            )
         if args.format == "json":
             print(
                 json.dumps(out.with_columns(pl.col("timestamp").dt.to_string("%Y-%m-%dT%H:%M:%S")).to_dicts())

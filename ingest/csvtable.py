@@ -24,7 +24,7 @@ TIME_FORMATS = (
 )
 
 #: column kind → what the error message says was expected
-EXPECTED = {"time": "an ISO 8601 time", "number": "a number", "id": "a series id"}
+EXPECTED = {"time": "an ISO 8601 time", "number": "a finite number", "id": "a series id"}
 
 
 class CsvInputError(ValueError):
@@ -55,7 +55,7 @@ def read_csv_table(path: Path, columns: Mapping[str, str]) -> tuple[pl.DataFrame
     """Read ``path`` and parse ``columns`` (name → ``"time"``, ``"number"`` or ``"id"``), in that order.
 
     Returns the raw text frame and the parsed columns. Times must parse; ids must be present; numbers must
-    parse where they are not empty (empty is a missing value).
+    parse where they are not empty and be finite (an empty cell and ``nan`` are missing values).
     """
     if not path.exists():
         raise CsvInputError(f"no such file: {path}")
@@ -76,7 +76,9 @@ def read_csv_table(path: Path, columns: Mapping[str, str]) -> tuple[pl.DataFrame
             bad = value.is_null()
         elif kind == "number":
             value = text.cast(pl.Float64, strict=False)
-            bad = value.is_null() & text.is_not_null() & (text != "")
+            # NaN is a missing value, like an empty cell; an infinity is no measurement
+            bad = (value.is_null() & text.is_not_null() & (text != "")) | value.is_infinite()
+            value = value.fill_nan(None)
         else:
             value, bad = raw[name], raw[name].is_null()
         if bad.any():

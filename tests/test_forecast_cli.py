@@ -70,6 +70,19 @@ def test_forecast_bad_input_is_named(tmp_path: Path, content: str, message: str)
     assert p.returncode == 2 and message in p.stderr and str(f) in p.stderr
 
 
+def test_forecast_file_warns_about_a_series_without_values(tmp_path: Path) -> None:
+    f = tmp_path / "g.csv"
+    f.write_text(
+        "series_id,timestamp,value\n"
+        + "".join(f"a,2026-01-01T{h:02d}:00:00,{h}\n" for h in range(6))
+        + "b,2026-01-01T00:00:00,nan\nb,2026-01-01T01:00:00,\n"
+    )
+    p = _run("forecast", str(f), "--horizon", "2", "--forecaster", "naive", "--format", "csv")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.count("\na,") == 2 and "\nb," not in p.stdout
+    assert f"{f}: no forecast for b (no values to fit)" in p.stderr
+
+
 def test_forecast_store_writes_the_forecasts_table(tmp_path: Path) -> None:
     db = tmp_path / "r.duckdb"
     p = _run("simulate", "--out", str(tmp_path / "sim"), "--days", "2", "--scale", "0.05")

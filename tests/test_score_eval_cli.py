@@ -55,6 +55,8 @@ def test_score_prints_timestamp_value_score_is_anomaly_causally(tmp_path: Path) 
         ("time,value\n2026-01-01,1\n", "missing column(s) timestamp"),
         ("timestamp,value\n2026-01-01 00:00:00,1\n2026-01-01 00:01:00,abc\n", "line 3: column 'value'"),
         ("timestamp,value\nyesterday,1\n", "line 2: column 'timestamp'"),
+        # an infinity is no measurement (NaN, like an empty cell, is a missing value)
+        ("timestamp,value\n2026-01-01 00:00:00,nan\n2026-01-01 00:01:00,-inf\n", "line 3: column 'value': cannot parse '-inf' (expected a finite number)"),
     ],
 )
 def test_score_bad_input_names_file_line_and_column(tmp_path: Path, content: str, message: str) -> None:
