@@ -34,7 +34,9 @@ def emit(data: Any, fmt: str, human: Callable[[Any], str]) -> None:
         rows = data if isinstance(data, list) else [data]
         buf = io.StringIO()
         if rows:
-            writer = csv.DictWriter(buf, fieldnames=list(rows[0].keys()), extrasaction="ignore")
+            writer = csv.DictWriter(
+                buf, fieldnames=list(rows[0].keys()), extrasaction="ignore", lineterminator="\n"
+            )
             writer.writeheader()
             for row in rows:
                 writer.writerow(
@@ -465,6 +467,17 @@ def cmd_rca(args: argparse.Namespace) -> int:
         lines.extend(f"     note: {n}" for n in d["notes"])
         return "\n".join(lines)
 
+    if args.format == "csv":  # one row per cause, its explanation as a column (the rest of evidence as JSON)
+        rows = [
+            {
+                **{k: v for k, v in c.items() if k != "evidence"},
+                "explanation": c["evidence"].get("explanation", ""),
+                "evidence": c["evidence"],
+            }
+            for c in out["causes"]
+        ]
+        emit(rows, "csv", human)
+        return 0
     emit(out, args.format, human)
     return 0
 

@@ -113,6 +113,14 @@ def test_rca_cli_json_shape_and_errors(rollout_store, tmp_path):
     assert set(first) == {"rank", "kind", "service", "metric", "labels", "event_id", "score", "evidence"}
     assert first["rank"] == 1 and first["event_id"] == "chg-rollout"
     assert [c["rank"] for c in out["causes"]] == list(range(1, len(out["causes"]) + 1))
+    buf = io.StringIO()  # CSV: one row per cause, with its explanation
+    with contextlib.redirect_stdout(buf):
+        assert main([*args[:-1], "csv", *window]) == 0
+    import csv
+
+    rows = list(csv.DictReader(io.StringIO(buf.getvalue())))
+    assert [int(r["rank"]) for r in rows] == [c["rank"] for c in out["causes"]]
+    assert rows[0]["explanation"] == first["evidence"]["explanation"] and "\r" not in buf.getvalue()
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         assert main(["rca", "--db", db, "--incident", "nope"]) == 2
