@@ -70,25 +70,24 @@ def positive_duration(text: str) -> timedelta:
     return d
 
 
-def positive_number(text: str) -> float:
-    """A finite number > 0 (days, scale, ...)."""
-    try:
-        x = float(text)
-    except ValueError:
-        x = float("nan")
-    if not 0 < x < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return x
+def number(*, positive: bool = False) -> Callable[[str], float]:
+    """A finite number, ``> 0`` with ``positive`` (an argparse type; NaN and infinities are refused)."""
+    what = "a positive" if positive else "a finite"
+
+    def parse(text: str) -> float:
+        try:
+            x = float(text)
+        except ValueError:
+            x = float("nan")
+        if not (-float("inf") < x < float("inf")) or (positive and x <= 0):
+            raise argparse.ArgumentTypeError(f"expected {what} number, got {text!r}")
+        return x
+
+    return parse
 
 
-def finite_number(text: str) -> float:
-    try:
-        x = float(text)
-    except ValueError:
-        x = float("nan")
-    if not -float("inf") < x < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return x
+positive_number = number(positive=True)
+finite_number = number()
 
 
 def count(minimum: int) -> Callable[[str], int]:
