@@ -72,6 +72,32 @@ def metric_names() -> list[str]:
     return _cached(("metrics",), lambda: sorted(queries.metrics(_store())["metric"].unique().to_list()))
 
 
+def metric_kinds() -> dict[str, str]:
+    """Each metric's kind (``gauge``, ``counter``, ``delta``, ``histogram``, ``summary``)."""
+    return _cached(
+        ("metric_kinds",),
+        lambda: dict(
+            queries.metrics(_store()).unique("metric", keep="first").select("metric", "kind").iter_rows()
+        ),
+    )
+
+
+#: the aggregations Explore offers per metric kind (``auto``: :func:`ingest.queries.resample`'s default; for
+#: histograms the p99, the KPI detection scores)
+AGGS_BY_KIND = {
+    "gauge": ["auto", "avg", "min", "max", "sum", "count", "last"],
+    "counter": ["auto", "rate", "increase", "count", "last"],
+    "delta": ["auto", "rate", "sum", "avg", "count"],
+    "histogram": ["auto", "p50", "p90", "p95", "p99", "mean"],
+}
+_QUANTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
+
+
+def aggs_for(metric: str | None) -> list[str]:
+    """The aggregations that apply to ``metric`` (gauge ones for a metric the store does not know)."""
+    return AGGS_BY_KIND.get(metric_kinds().get(metric or "", "gauge"), AGGS_BY_KIND["gauge"])
+
+
 def service_names() -> list[str]:
     return _cached(("services",), lambda: queries.services(_store()))
 
@@ -98,22 +124,33 @@ def metric_frame(
     metric: str, service: str | None, group_by: tuple[str, ...], agg: str, start: datetime, end: datetime
 ) -> pl.DataFrame:
     """A resampled metric, at the finest rollup-aligned step giving at most 360 points on the chart (so long
-    ranges read the 5-minute or hourly rollups, see :func:`nice_step`)."""
+    ranges read the 5-minute or hourly rollups, see :func:`nice_step`); a histogram metric as a quantile of
+    each step's observations (``auto``: the p99) or their mean. Raises :class:`ingest.queries.QueryError` for
+    an aggregation that does not apply to the metric's kind."""
     step = nice_step(start, end)
     key = ("frame", metric, service, group_by, agg, start, end)
-    return _cached(
-        key,
-        lambda: queries.resample(
-            _store(),
-            metric=metric,
-            service=service,
-            start=start,
-            end=end,
-            step=step,
-            agg=agg,
-            group_by=group_by,
-        ),
-    )
+
+    def compute() -> pl.DataFrame:
+        where = {
+            "metric": metric,
+            "service": service,
+            "start": start,
+            "end": end,
+            "step": step,
+            "group_by": group_by,
+        }
+        if metric_kinds().get(metric) != "histogram":
+            return queries.resample(_store(), agg=agg, **where)
+        if agg == "mean":
+            return queries.histogram_mean(_store(), **where).drop("count")
+        if agg not in ("auto", *_QUANTILES):
+            raise queries.QueryError(
+                f"{agg} does not apply to the histogram metric {metric!r}; use p50-p99 or mean"
+            )
+        q = _QUANTILES.get(agg, 0.99)
+        return queries.histogram_quantiles(_store(), quantiles=(q,), **where).drop("quantile")
+
+    return _cached(key, compute)
 
 
 # -- incidents (pages/incidents.py, pages/incident.py) --------------------------------------------------

@@ -12,10 +12,9 @@ import plotly.graph_objects as go
 from dash import Input, Output, State, callback, dcc, html
 
 from app import data, timerange
+from ingest.queries import QueryError
 
 dash.register_page(__name__, path="/explore", name="Explore", order=10)
-
-AGGS = ["auto", "avg", "sum", "min", "max", "count", "last", "rate"]
 
 
 def layout(
@@ -27,12 +26,18 @@ def layout(
     **_query: str,
 ) -> html.Div:
     metrics = data.metric_names()
+    asked = metric
     metric = metric if metric in metrics else (metrics[0] if metrics else None)
+    notice = []
+    if asked and asked != metric:  # a pasted link with a metric this store does not have: say so
+        notice = [html.P(f"No metric {asked!r} in this store; showing {metric}.", className="muted notice")]
     # the label options are rendered with the page: a dropdown whose value is not among its options drops it
     labels = data.label_names(metric) if metric else []
+    aggs = data.aggs_for(metric)
     return html.Div(
         [
             html.H2("Explore"),
+            *notice,
             html.Div(
                 [
                     dcc.Dropdown(
@@ -46,7 +51,7 @@ def layout(
                     dcc.Dropdown(
                         labels, by if by in labels else None, id="x-by", placeholder="group by label"
                     ),
-                    dcc.Dropdown(AGGS, agg if agg in AGGS else "auto", id="x-agg", clearable=False),
+                    dcc.Dropdown(aggs, agg if agg in aggs else "auto", id="x-agg", clearable=False),
                 ],
                 className="controls x-controls",
             ),
@@ -62,6 +67,30 @@ def layout(
 @callback(Output("x-by", "options"), Input("x-metric", "value"))
 def _label_options(metric: str | None) -> list[str]:
     return data.label_names(metric) if metric else []
+
+
+@callback(
+    Output("x-agg", "options"),
+    Output("x-agg", "value"),
+    Input("x-metric", "value"),
+    State("x-agg", "value"),
+    prevent_initial_call=True,
+)
+def _agg_options(metric: str | None, agg: str | None) -> tuple[list[str], str]:
+    """The aggregations of the chosen metric's kind (a rate of a gauge, a mean of a counter mean nothing);
+    the chosen one is kept when it still applies."""
+    aggs = data.aggs_for(metric)
+    return aggs, agg if agg in aggs else "auto"
+
+
+def _message(fig: go.Figure, text: str) -> go.Figure:
+    """The chart says why it is empty instead of drawing empty axes."""
+    fig.add_annotation(
+        text=text, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False, font={"size": 15}
+    )
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return fig
 
 
 @callback(
@@ -87,12 +116,21 @@ def _plot(metric, service, by, agg, rng, _search):
         return fig, ""
     start, end = span
     group_by = (by,) if by else ()
-    frame = data.metric_frame(metric, service, group_by, agg or "auto", start, end)
-    if by and frame.height:
+    agg = agg or "auto"
+    query = {k: v for k, v in {"metric": metric, "service": service, "by": by, "agg": agg}.items() if v}
+    search = "?" + urlencode({**query, **timerange.query(rng)}, safe=":")
+    title = f"{agg}({metric})" + (f" of {service}" if service else "") + (f" by {by}" if by else "")
+    fig.update_layout(title=title)
+    try:
+        frame = data.metric_frame(metric, service, group_by, agg, start, end)
+    except QueryError as exc:  # the chart, its title and the URL still say what was asked
+        return _message(fig, str(exc)), search
+    if frame.height == 0:
+        where = f" for {service}" if service else ""
+        return _message(fig, f"No data for {metric}{where} in this time range"), search
+    if by:
         for key, part in frame.group_by(by, maintain_order=True):
             fig.add_scatter(x=part["ts"], y=part["value"], mode="lines", name=f"{by}={key[0]}")
     else:
         fig.add_scatter(x=frame["ts"], y=frame["value"], mode="lines", name=metric)
-    fig.update_layout(title=f"{agg or 'auto'}({metric})" + (f" by {by}" if by else ""))
-    query = {k: v for k, v in {"metric": metric, "service": service, "by": by, "agg": agg}.items() if v}
-    return fig, "?" + urlencode({**query, **timerange.query(rng)}, safe=":")
+    return fig, search
