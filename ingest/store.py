@@ -19,6 +19,7 @@ content hash and events by id: a re-ingested file or re-sent OTLP payload adds n
 from __future__ import annotations
 
 import contextlib
+import stat
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from ingest.migrations import LATEST, MIGRATIONS
 #: write-ahead log size at which DuckDB checkpoints (see ``Store.__init__``)
 CHECKPOINT_THRESHOLD = "256MB"
 #: a DuckDB database file starts with an 8-byte checksum followed by these magic bytes (DuckDB's storage
-#: format, ``MainHeader::MAGIC_BYTES``)
+#: format, ``MainHeader::MAGIC_BYTES``); the tests check it, the store does not read the file itself
 DUCKDB_MAGIC = b"DUCK"
 DUCKDB_MAGIC_OFFSET = 8
 
@@ -49,29 +50,29 @@ class StoreLockedError(StoreError):
     """Another process holds the database file."""
 
 
-def _check_database_file(path: Path, *, read_only: bool) -> None:
-    """Refuse an existing file that is not a DuckDB database; make way for a new store at an empty one.
+def _not_duckdb(path: Path) -> StoreError:
+    return StoreError(
+        f"cannot open {path}: the file exists but is not a valid DuckDB database file "
+        "(expected a Rootwise store; give a path that does not exist yet to create one)"
+    )
 
-    DuckDB refuses most such files itself, but it opens a ``.csv``, ``.parquet`` or ``.json`` file as an
-    in-memory database with a view over the file: an ingest would then report its records accepted and store
-    nothing, and a read-only command fail with "Cannot launch in-memory database in read-only mode".
-    DuckDB also refuses an empty file, which is what ``mktemp`` hands out: an empty file is removed so a new
-    store is created in its place (read-write only; read-only it is an error, there is nothing to read).
+
+def _make_way(path: Path, *, read_only: bool) -> None:
+    """An empty file (what ``mktemp`` hands out) is removed so a new store is created in its place (read-write
+    only; read-only it is an error, there is nothing to read); DuckDB itself refuses an empty file.
+
+    The file is only ``stat``-ed, never opened: closing any descriptor of a file releases every POSIX record
+    lock this process holds on it, DuckDB's writer lock included, so a second :class:`Store` opened in the
+    process that serves the file (the scheduler's, the app's) would let other processes write to it too.
     """
-    if not path.is_file():
-        return  # absent (a new store) or not a regular file (DuckDB's own error names it)
-    with open(path, "rb") as f:
-        head = f.read(DUCKDB_MAGIC_OFFSET + len(DUCKDB_MAGIC))
-    if not head:
+    try:
+        st = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return  # a new store
+    if stat.S_ISREG(st.st_mode) and st.st_size == 0:
         if read_only:
             raise StoreError(f"cannot open {path}: the file is empty (expected a DuckDB database file)")
         path.unlink()
-        return
-    if head[DUCKDB_MAGIC_OFFSET:] != DUCKDB_MAGIC:
-        raise StoreError(
-            f"cannot open {path}: the file exists but is not a valid DuckDB database file "
-            "(expected a Rootwise store; give a path that does not exist yet to create one)"
-        )
 
 
 @dataclass
@@ -209,7 +210,7 @@ class Store:
         self._closed = False
         self.read_only = read_only
         if self.path != ":memory:":
-            _check_database_file(Path(self.path), read_only=read_only)
+            _make_way(Path(self.path), read_only=read_only)
             if not read_only:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -221,7 +222,20 @@ class Store:
                     "`rootwise serve` owns it, send data to its HTTP API instead (POST /v1/metrics, "
                     "/v1/traces, /v1/logs) or stop it first."
                 ) from exc
+            if "not a valid DuckDB database file" in str(exc):
+                raise _not_duckdb(Path(self.path)) from exc
             raise StoreError(f"cannot open {self.path}: {exc}") from exc
+        except duckdb.CatalogException as exc:  # read-only, DuckDB's in-memory view of a data file (below)
+            if "in-memory database" in str(exc):
+                raise _not_duckdb(Path(self.path)) from exc
+            raise StoreError(f"cannot open {self.path}: {exc}") from exc
+        if self.path != ":memory:" and self._conn.execute(
+            "SELECT path FROM duckdb_databases() WHERE database_name = current_database()"
+        ).fetchone() in (None, (None,)):
+            # DuckDB opens an existing .csv, .parquet or .json file as an in-memory database with a view over
+            # the file: an ingest would report its records accepted and store nothing
+            self._conn.close()
+            raise _not_duckdb(Path(self.path))
         self._local = threading.local()
         self._write_lock = threading.Lock()
         self._conn.execute("SET TimeZone = 'UTC'")

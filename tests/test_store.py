@@ -204,3 +204,28 @@ def test_events_edges_idempotent(store):
 def test_unknown_table_name_is_refused(store):
     with pytest.raises(StoreError, match="unknown table"):
         store.count("points; DROP TABLE series")
+
+
+def test_a_second_store_in_the_holding_process_keeps_the_file_locked(tmp_path):
+    """Opening the store again in the process that holds it (the server's scheduler and app do) must not drop
+    the writer lock: closing any descriptor of a file releases the process's POSIX locks on it, so reading the
+    file's header with open() let a CLI in another process write to a served store."""
+    import subprocess
+    import sys
+
+    from ingest.store import StoreLockedError
+
+    db = tmp_path / "held.duckdb"
+    Store(db).close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         f"from ingest.store import Store; s = Store({str(db)!r}); t = Store({str(db)!r}); t.close(); "
+         "print('ready', flush=True); input()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        with pytest.raises(StoreLockedError):
+            Store(db)
+    finally:
+        holder.communicate("\n", timeout=30)
