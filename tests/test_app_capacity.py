@@ -177,6 +177,14 @@ def test_capacity_page_waits_for_the_background_plan_then_plans_once_per_load(se
     page.wait_for_selector("#cap-scenario-note:has-text('x3')", timeout=30_000)
     page.wait_for_timeout(1000)
     assert len(calls) == 1, calls
+    # the +/- stepper steps the factor (it emptied the field: Dash 4.4 clamps to max, which was unset)
+    page.click(".dash-input-container:has(#cap-factor) .dash-stepper-increment")
+    page.wait_for_selector("#cap-scenario-note:has-text('x3.1')", timeout=30_000)
+    assert page.input_value("#cap-factor") == "3.1" and "factor=3.1" in page.url
+    page.click(".dash-input-container:has(#cap-factor) .dash-stepper-decrement")
+    page.wait_for_selector("#cap-scenario-note:has-text('x3 ')", timeout=30_000)
+    page.wait_for_timeout(1000)
+    calls.clear()
     calls.clear()  # so does clearing the date
     page.click("#cap-start-wrapper .dash-datepicker-clear")
     page.wait_for_function("!document.querySelector('#cap-scenario-note').innerText.includes('from 2026')")

@@ -37,6 +37,18 @@ def _day(text: str | None) -> datetime | None:
         return None
 
 
+#: the largest demand multiplier the what-if control takes (a tenant 100x its size is already a new platform)
+MAX_FACTOR = 100
+
+
+def _number(text: str | float | None) -> float | str | None:
+    """The URL's factor as a number for the number input (a string there confuses its stepper)."""
+    try:
+        return float(text) if text not in (None, "") else None
+    except (TypeError, ValueError):
+        return text
+
+
 def scenario_from_inputs(
     label: str | None, value: str | None, factor: float | str | None, start: str | None
 ) -> Scenario | None:
@@ -289,7 +301,17 @@ def layout(
                     dcc.Dropdown(labels, chosen, id="cap-label", clearable=False, placeholder="label"),
                     dcc.Dropdown(options, picked, id="cap-value", placeholder="value"),
                     html.Span("demand x", className="control-label"),
-                    dcc.Input(id="cap-factor", type="number", value=factor, min=0, step=0.1, debounce=True),
+                    # max as well as min: Dash 4.4's +/- stepper clamps to max whenever min is set, and with no
+                    # max it set the value to NaN (the field emptied and the what-if was dropped)
+                    dcc.Input(
+                        id="cap-factor",
+                        type="number",
+                        value=_number(factor),
+                        min=0,
+                        max=MAX_FACTOR,
+                        step=0.1,
+                        debounce=True,
+                    ),
                     dcc.DatePickerSingle(
                         id="cap-start",
                         date=day,
