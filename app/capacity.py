@@ -324,6 +324,14 @@ def forecast_daily(daily: pl.DataFrame, horizon_days: int) -> pl.DataFrame:
     return steps.join(peak, on=["series_id", "_step"], how="left").drop("_step")
 
 
+def _p90_peak(forecast: pl.DataFrame) -> float:
+    """The demand to size for: the P90 of the highest value over the horizon (``max90`` at its end), the same
+    simulated futures the P90 date comes from, so a resource with a P90 date always needs more than it has
+    (sizing on the highest daily 90th percentile, ``hi80``, advised "add 0 replicas" by a P90 date)."""
+    col = "max90" if "max90" in forecast.columns else "hi80"
+    return float(forecast[col].max())
+
+
 def crossing(forecast: pl.DataFrame, limit: float | pl.Expr) -> tuple[datetime | None, datetime | None]:
     """P50 and P90 exhaustion dates: the first forecast day whose ``max50`` and whose ``max90`` exceed
     ``limit`` (the median and 10th percentile of the simulated exhaustion days, :func:`forecast_daily`);
@@ -805,7 +813,7 @@ def plan_capacity(store: Any, settings: CapacitySettings, *, now: datetime | Non
         hist, fc = _split(tok_daily, sid), _split(tok_fc, sid)
         limit = n * cap.tokens_per_s
         p50, p90 = crossing(fc, limit)
-        needed = math.ceil(float(fc["hi80"].max()) / cap.tokens_per_s) if fc.height else n
+        needed = math.ceil(_p90_peak(fc) / cap.tokens_per_s) if fc.height else n
         extra = max(0, needed - n)
         if p90 is None:
             action = f"None within {horizon} days ({n} replicas suffice at P90 demand)."
@@ -852,9 +860,9 @@ def plan_capacity(store: Any, settings: CapacitySettings, *, now: datetime | Non
         )
         now_gpus = sum(v for (m, r), v in count.items() if r == region)
         p50, p90 = crossing(fc, float(quota))
-        needed = math.ceil(float(fc["hi80"].max()))
+        needed = math.ceil(_p90_peak(fc))
         action = (
-            f"Request {needed - quota} more GPUs of quota in {region} before {p90 - timedelta(days=settings.lead_time_days):%Y-%m-%d}."
+            f"Request {max(1, needed - quota)} more GPUs of quota in {region} before {p90 - timedelta(days=settings.lead_time_days):%Y-%m-%d}."
             if p90 is not None
             else f"None within {horizon} days."
         )

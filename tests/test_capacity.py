@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from datetime import datetime, timedelta
@@ -120,6 +121,11 @@ def test_plan_learns_supply_and_finds_the_exhaustion_date(growth_store):
     (quota,) = [r for r in plan.resources if r.kind == "quota"]
     assert quota.p90 is not None and abs((quota.p90 - gpu.p90).days) <= 1
     assert any("elsewhere" in n for n in plan.notes)
+    # whatever runs out by its P90 date is sized on the same futures: it always needs more than it has
+    for r in plan.resources:
+        if r.kind in ("gpu", "quota") and r.p90 is not None:
+            assert r.needed > r.limit / (cap.tokens_per_s if r.kind == "gpu" else 1.0), (r.name, r.action)
+            assert not re.search(r"\b(Add|Request) 0 ", r.action), r.action
 
 
 def test_scenario_brings_the_date_forward_and_budget_is_tracked(growth_store):
@@ -296,3 +302,17 @@ def test_store_without_vllm_metrics_still_plans_budgets(store):
     plan = plan_capacity(store, CapacitySettings(budgets=(Budget("all", 1_000_000.0),)))
     assert [r.kind for r in plan.resources] == ["budget"]
     assert any("No vLLM metrics" in n for n in plan.notes)
+
+
+def test_sizing_uses_the_futures_the_p90_date_comes_from():
+    """The P90 date is read from the running maximum of simulated futures (max90); sizing on the highest daily
+    90th percentile (hi80) instead advised "add 0 replicas" by a P90 date when only the maximum crossed."""
+    from app.capacity import _p90_peak
+
+    fc = pl.DataFrame(
+        {"ts": [datetime(2026, 1, d) for d in (1, 2, 3)], "yhat": [80.0] * 3, "hi80": [90.0] * 3,
+         "max50": [85.0, 92.0, 96.0], "max90": [95.0, 104.0, 110.0]}
+    )
+    _, p90 = crossing(fc, 100.0)
+    assert p90 == datetime(2026, 1, 2) and _p90_peak(fc) == 110.0 > 100.0
+    assert _p90_peak(fc.drop("max50", "max90")) == 90.0  # a forecast without the futures: its daily P90
