@@ -138,6 +138,9 @@ def test_incidents_and_incident_page_in_chromium(incident_server, browser_page, 
     page.wait_for_url("**/incidents?status=open")
     page.goto(url + "/incidents")
     page.wait_for_function("document.querySelector('#il-count')?.innerText.startsWith('2 incidents')")
+    # durations are whole minutes, so sorting the column sorts by length (as text, "1 h" came before "1 min")
+    durations = page.locator("#il-table td[data-dash-column=duration]").all_inner_texts()
+    assert durations and all(d.strip().isdigit() for d in durations if d.strip()), durations
     # most severe first; each row links to its incident page
     first_row = page.locator("#il-table tr").nth(1)
     assert "page" in first_row.inner_text()

@@ -26,7 +26,7 @@ COLUMNS = [
     ("service", "Service"),
     ("metric", "Metric"),
     ("start", "Start (UTC)"),
-    ("duration", "Duration"),
+    ("duration", "Duration (min)"),
     ("series", "Series"),
     ("top_cause", "Top cause"),
     ("link", "Incident"),
@@ -77,6 +77,9 @@ def layout(
                 columns=[
                     {"name": name, "id": cid, "presentation": "markdown"}
                     if cid == "link"
+                    # minutes as a number: the table sorts them by length, not as text ("1 h", "1 min", "18 min")
+                    else {"name": name, "id": cid, "type": "numeric"}
+                    if cid in ("duration", "series")
                     else {"name": name, "id": cid}
                     for cid, name in COLUMNS
                 ],
@@ -110,11 +113,11 @@ def layout(
     )
 
 
-def _duration(start: str | None, end: str | None) -> str:
+def _duration(start: str | None, end: str | None) -> int | None:
+    """Whole minutes from start to end (``None`` while unknown)."""
     if not start or not end:
-        return ""
-    minutes = int((datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds() // 60)
-    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+        return None
+    return int((datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds() // 60)
 
 
 def _top_cause(causes: list[dict[str, Any]]) -> str:
@@ -137,7 +140,7 @@ def incident_rows(incidents: list[dict[str, Any]], link_query: str = "") -> list
     ...     {"id": "b/c", "service": "s", "metric": "m", "start": "2025-12-31T00:00:00", "end": None,
     ...      "severity": "page", "status": "resolved", "series": 2, "causes": []}])
     >>> [r["id"] for r in rows], rows[0]["link"], rows[1]["duration"]
-    (['b/c', 'a'], '[view](/incident/b%2Fc)', '1 h 30 min')
+    (['b/c', 'a'], '[view](/incident/b%2Fc)', 90)
     """
     ordered = sorted(incidents, key=lambda i: i["start"] or "", reverse=True)
     ordered.sort(key=lambda i: SEVERITIES.index(i["severity"]) if i["severity"] in SEVERITIES else 9)
