@@ -569,6 +569,10 @@ def save_causes(store: Store, incident_id: str, causes: list[dict[str, Any]]) ->
 INCIDENT_STATUSES = ("open", "acknowledged", "resolved")
 
 
+class IncidentStatusError(ValueError):
+    """A status change that does not apply to the incident as it is (acknowledging a resolved one)."""
+
+
 def set_incident_status(store: Store, incident_id: str, status: str, *, now: datetime) -> bool:
     """Set an incident's status (``open``, ``acknowledged`` or ``resolved``) and its ``updated`` time.
 
@@ -578,14 +582,19 @@ def set_incident_status(store: Store, incident_id: str, status: str, *, now: dat
     Returns
     -------
     bool
-        ``False`` when no incident has that id.
+        ``False`` when no incident has that id; :class:`IncidentStatusError` for acknowledging a resolved one.
     """
     if status not in INCIDENT_STATUSES:
         raise ValueError(f"status must be one of {', '.join(INCIDENT_STATUSES)}; got {status!r}")
     with store.write_transaction() as cur:
-        found = cur.execute("SELECT count(*) FROM incidents WHERE id = $id", {"id": incident_id}).fetchone()
-        if not found or not found[0]:
+        found = cur.execute("SELECT status FROM incidents WHERE id = $id", {"id": incident_id}).fetchone()
+        if not found:
             return False
+        if found[0] == "resolved" and status == "acknowledged":
+            # it would leave the resolved list and read as someone working on it
+            raise IncidentStatusError(
+                f"incident {incident_id} is resolved: reopen it rather than acknowledge it"
+            )
         cur.execute(
             "UPDATE incidents SET status = $status, updated = $now WHERE id = $id",
             {"status": status, "now": now, "id": incident_id},

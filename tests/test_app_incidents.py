@@ -165,7 +165,9 @@ def test_incidents_and_incident_page_in_chromium(incident_server, browser_page, 
     assert "UTC" in page.inner_text(".tz-note")
     screenshot(page, "incident.png")
 
-    # -- actions: acknowledge (page, reload, store), share link, postmortem export
+    # -- actions: reopen and acknowledge (page, reload, store), share link, postmortem export
+    page.click("#inc-reopen")  # detection resolved it once the errors stopped
+    page.wait_for_function("document.querySelector('#inc-status').innerText === 'open'")
     page.click("#inc-ack")
     page.wait_for_function("document.querySelector('#inc-status').innerText === 'acknowledged'")
     page.reload()
@@ -195,6 +197,12 @@ def test_incidents_and_incident_page_in_chromium(incident_server, browser_page, 
     page.goto(url + f"/incident/{MANUAL_ID}")
     page.click("#inc-explain")
     page.wait_for_selector("#inc-causes details", timeout=30_000)
+    # a resolved incident is reopened, not acknowledged (it would leave the resolved list)
+    page.click("#inc-resolve")
+    page.wait_for_function("document.querySelector('#inc-status').innerText === 'resolved'")
+    page.click("#inc-ack")
+    page.wait_for_function("document.querySelector('#inc-action-msg').innerText.includes('reopen it')")
+    assert page.inner_text("#inc-status") == "resolved"
     assert "Promote m-large v42" in page.locator("#inc-causes details").first.inner_text()
     screenshot(page, "incident-explained.png")
 
@@ -213,3 +221,4 @@ def test_incidents_and_incident_page_in_chromium(incident_server, browser_page, 
     with Store(db) as store:
         assert results.get_incident(store, incident_id)["status"] == "acknowledged"
         assert results.get_incident(store, MANUAL_ID)["causes"][0]["event_id"] == "chg-rollout"
+        assert results.get_incident(store, MANUAL_ID)["status"] == "resolved"

@@ -26,6 +26,7 @@ from dash import Input, Output, State, callback, ctx, dcc, html
 
 from app import data, timerange
 from ingest.queries import QueryError
+from ingest.results import IncidentStatusError
 
 # ``path``: where the nav links to (the nav lists every page); without an id the page points to the list
 dash.register_page(
@@ -621,7 +622,7 @@ def _set_status(_ack, _resolve, _reopen, incident_id):
     status = STATUS_BUTTONS[ctx.triggered_id]
     try:
         found = data.set_incident_status(incident_id, status)
-    except data.NotAllowed as exc:
+    except (data.NotAllowed, IncidentStatusError) as exc:
         return dash.no_update, dash.no_update, str(exc)
     if not found:
         return dash.no_update, dash.no_update, f"No incident {incident_id!r} any more."
