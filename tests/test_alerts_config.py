@@ -199,6 +199,9 @@ def test_route_errors() -> None:
 def test_parse_duration() -> None:
     assert parse_duration("30s") == timedelta(seconds=30)
     assert parse_duration("1h30m") == timedelta(minutes=90)
+    for typo in ("2h2h", "30m1h", "h", ""):  # each unit once, largest first (2h2h was read as 4 h)
+        with pytest.raises(ValueError, match="each unit once"):
+            parse_duration(typo)
     assert parse_duration("250ms") == timedelta(milliseconds=250)
     with pytest.raises(ValueError):
         parse_duration("30")

@@ -79,6 +79,11 @@ def test_matchers_parse_and_refuse_what_would_silence_everything() -> None:
         new_silence(["service=~.*"], now=T0, duration=timedelta(hours=1))
     with pytest.raises(SilenceError, match="at most 90 days"):
         new_silence(["service=api"], now=T0, duration=timedelta(days=91))
+    # every alert has a service: matchers that take any of its values would silence everything as well
+    for everything in (['service!=""'], ['service=~".+"'], ['service!=""', 'tenant=~".+"']):
+        with pytest.raises(SilenceError, match="would silence every alert"):
+            new_silence(everything, now=T0, duration=timedelta(hours=1))
+    assert new_silence(['service!=""', 'tenant="t-1"'], now=T0, duration=timedelta(hours=1))
 
 
 def test_silence_holds_the_trigger_until_it_is_expired(receiver: Receiver, store: Store) -> None:

@@ -40,7 +40,15 @@ _COMMON_KEYS = ("name", "type", "url", "rate_limit_per_minute", "deadline", "tim
 _TYPE_KEYS = {"pagerduty": ("routing_key",), "slack": (), "opsgenie": ("api_key",), "webhook": ("secret",)}
 _ROUTE_KEYS = ("receiver", "match", "group_by", "group_wait", "group_interval", "repeat_interval", "continue")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-_DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h|d|w))+$")
+# Prometheus' form: each unit at most once, largest first ("1h30m"; "2h2h" or "30m1h" is a typo, not 4 h)
+_DURATION = re.compile(
+    r"^(?=.)"
+    + "".join(
+        rf"(?:\d+(?:\.\d+)?{u}(?!s))?" if u == "m" else rf"(?:\d+(?:\.\d+)?{u})?"
+        for u in ("w", "d", "h", "m", "s", "ms")
+    )
+    + "$"
+)
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 
@@ -58,12 +66,18 @@ def parse_duration(text: str) -> timedelta:
 
     Examples
     --------
-    >>> parse_duration("1h30m"), parse_duration("24h")
-    (datetime.timedelta(seconds=5400), datetime.timedelta(days=1))
+    >>> parse_duration("1h30m"), parse_duration("24h"), parse_duration("250ms")
+    (datetime.timedelta(seconds=5400), datetime.timedelta(days=1), datetime.timedelta(microseconds=250000))
+    >>> parse_duration("2h2h")
+    Traceback (most recent call last):
+    ...
+    ValueError: expected a duration such as 30s, 5m, 4h, 1d or 1h30m (each unit once, largest first), got '2h2h'
     """
     text = text.strip()
     if not _DURATION.match(text):
-        raise ValueError(f"expected a duration such as 30s, 5m, 4h, 1d or 1h30m, got {text!r}")
+        raise ValueError(
+            f"expected a duration such as 30s, 5m, 4h, 1d or 1h30m (each unit once, largest first), got {text!r}"
+        )
     return timedelta(seconds=sum(float(n) * _UNITS[u] for n, u in _DURATION_PART.findall(text)))
 
 

@@ -116,6 +116,14 @@ def matchers_from(items: Sequence[Any]) -> tuple[Matcher, ...]:
             "every matcher also matches an empty label set; add one that names what to silence "
             '(e.g. service="rag-api")'
         )
+    # service!="" or service=~".+" alone matches every alert too (every alert has a service): a silence must
+    # name something, so some matcher must fail for a value nobody uses
+    probe = {m.name: "\u2400rootwise-probe" for m in out}
+    if all(m.matches(probe) for m in out):
+        raise SilenceError(
+            "these matchers match any value of their labels, so they would silence every alert; add one that "
+            'names what to silence (e.g. service="rag-api")'
+        )
     return tuple(out)
 
 
