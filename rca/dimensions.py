@@ -546,7 +546,10 @@ def _fmt(value: float, ratio: bool) -> str:
 def _sentence(kpi: str, service: str, cause: DimensionCause, ratio: bool) -> str:
     where = ", ".join(f"{k}={v}" for k, v in cause.labels.items())
     moved = "rise" if cause.total_actual >= cause.total_expected else "drop"
+    # above 100 %: the rest moved the other way a little ("explaining 101 %" reads as an error)
+    share = f"{cause.explained:.0%}" if cause.explained < 1.005 else "all"
+    against = " (the rest moved the other way)" if cause.explained >= 1.05 else ""
     return (
         f"{kpi} of {service} is {_fmt(cause.actual, ratio)} for {where} "
-        f"(baseline {_fmt(cause.expected, ratio)}), explaining {cause.explained:.0%} of the {moved}"
+        f"(baseline {_fmt(cause.expected, ratio)}), explaining {share} of the {moved}{against}"
     )

@@ -220,3 +220,20 @@ def test_explain_notes_when_there_is_nothing_to_search():
     assert result.candidates == () and "no series of latency" in result.notes[0]
     no_metric = RcaIncident("rag-api", None, t0, t0 + timedelta(minutes=5))
     assert DimensionAnalyser().explain(no_metric, view).notes
+
+
+def test_a_share_above_all_of_the_change_is_worded_as_such():
+    from rca.dimensions import DimensionCause, _sentence
+
+    def cause(explained: float) -> DimensionCause:
+        return DimensionCause(
+            labels={"region": "us-west"}, score=10.0, actual=0.6, expected=0.01, change=60.0, explained=explained,
+            total_actual=0.2, total_expected=0.01, total_without=0.0, leaves=3,
+        )
+
+    assert _sentence("error rate", "api", cause(0.42), True).endswith("explaining 42% of the rise")
+    assert _sentence("error rate", "api", cause(1.003), True).endswith("explaining 100% of the rise")
+    assert _sentence("error rate", "api", cause(1.01), True).endswith("explaining all of the rise")
+    assert _sentence("error rate", "api", cause(1.3), True).endswith(
+        "explaining all of the rise (the rest moved the other way)"
+    )
