@@ -63,19 +63,23 @@ def _utilisation(r: Resource) -> str:
     return "" if u is None else f"{u[0]:.0%} / {u[1]:.0%}"
 
 
-def bottom_line(plan: CapacityPlan) -> str:
-    """One sentence: how many resources run out within the horizon, and the first one."""
+def bottom_line(plan: CapacityPlan, scenario: str | None = None) -> str:
+    """One sentence: how many resources run out within the horizon, and the first one; with ``scenario`` (the
+    name of one of ``plan.scenarios``), under that what-if."""
     horizon = plan.settings.horizon_days
-    short = [r for r in plan.resources if r.p90 is not None]
-    if not plan.resources:
-        return "No constrained resource could be planned from this store (see the notes)."
+    resources = list(plan.scenarios.get(scenario, ())) if scenario else plan.resources
+    lead = f"With {scenario}: " if scenario else ""
+    short = [r for r in resources if r.p90 is not None]
+    if not resources:
+        return lead + "No constrained resource could be planned from this store (see the notes)."
     if not short:
         return (
-            f"No resource runs out within {horizon} days, even at P90 demand ({len(plan.resources)} planned)."
+            lead
+            + f"No resource runs out within {horizon} days, even at P90 demand ({len(resources)} planned)."
         )
     first = min(short, key=lambda r: r.p90 or datetime.max)
-    return (
-        f"{len(short)} of {len(plan.resources)} resources may run out within {horizon} days (P90). "
+    return lead + (
+        f"{len(short)} of {len(resources)} resources may run out within {horizon} days (P90). "
         f"First: {first.name} on {_date(first.p90)} at P90, {_date(first.p50)} at P50. {first.action}"
     )
 

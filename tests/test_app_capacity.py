@@ -215,6 +215,9 @@ def test_capacity_page_what_if_moves_the_date_and_downloads_the_report(
     what_if.wait_for(timeout=30_000)
     assert _date(what_if.inner_text()) < baseline
     assert "factor=2" in page.url  # the what-if is in the URL, to share
+    # the headline has a line for the what-if too (it only described the baseline)
+    line = page.inner_text("#cap-what-if-line")
+    assert line.startswith("With What-if: tenant=t-big x2:") and "may run out" in line, line
     screenshot(page, "capacity.png")
 
     with page.expect_download(timeout=30_000) as download:

@@ -199,6 +199,11 @@ def plan_view(snapshot: data.CapacitySnapshot, scenario: Scenario | None, config
     s = plan.settings
     body: list[Any] = [
         html.P(bottom_line(plan), className="bottom-line", id="cap-bottom-line"),
+        *(
+            [html.P(bottom_line(plan, scenario.name), className="bottom-line what-if", id="cap-what-if-line")]
+            if scenario and scenario.name in plan.scenarios
+            else []
+        ),
         html.P(
             f"Times in UTC · planned {snapshot.planned:%Y-%m-%d %H:%M} UTC (every {_every(s.refresh)}) from data "
             f"up to {plan.created:%Y-%m-%d %H:%M} · history {plan.history_start:%Y-%m-%d} – "
@@ -221,8 +226,13 @@ def plan_view(snapshot: data.CapacitySnapshot, scenario: Scenario | None, config
     if scenario:
         body.append(
             html.P(
-                f"{scenario.name}: applied to GPU throughput (a tenant through its share of each model and "
-                "region's demand); GPU quota and budgets show the baseline.",
+                f"{scenario.name}: applied to GPU throughput"
+                + (
+                    " (a tenant through its share of each model and region's demand)"
+                    if "tenant" in scenario.match
+                    else ""
+                )
+                + "; GPU quota and budgets show the baseline.",
                 className="note",
                 id="cap-scenario-note",
             )
