@@ -15,27 +15,35 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import lz4.block
 import polars as pl
 
 from detectors.incidents import Episode, Incident
 from ingest import schema
 from ingest.store import Store
 
+#: first byte of an LZ4-compressed blob (a pickle starts with 0x80, a zlib stream with 0x78)
+_LZ4 = b"L"
+
 
 class Pickled(bytes):
-    """A state or alarm as stored: pickled, then zlib-compressed (level 1). Detection passes these through
-    unread, so a state is unpickled once where it is scored (a worker process) and pickled once there, not
-    again on each hop. Compression makes the blobs about 40 % smaller, which is what the store reads and
-    writes every run (a state is ~12 KB); blobs written before compression are plain pickles and still load.
+    """A state or alarm as stored: pickled, then LZ4-compressed. Detection passes these through unread, so a
+    state is unpickled once where it is scored (a worker process) and pickled once there, not again on each
+    hop. Compression makes the blobs about 30 % smaller, which is what the store reads and writes every run (a
+    state is ~12 KB). LZ4 rather than zlib: zlib at level 1 took 0.17 ms to compress a fleet state and 0.07 ms
+    to decompress it, LZ4 0.017 and 0.008 ms for blobs 11 % larger, about 1 s of a 10,000-series incremental
+    pass on two processes. Blobs written with zlib, or before compression, still load.
     """
 
     @classmethod
     def of(cls, value: Any) -> Pickled:
-        return cls(zlib.compress(pickle.dumps(value, protocol=5), 1))
+        return cls(_LZ4 + lz4.block.compress(pickle.dumps(value, protocol=5)))
 
     def load(self) -> Any:
-        # a pickle (protocol 2+) starts with 0x80, a zlib stream with 0x78
-        return pickle.loads(zlib.decompress(self) if self[:1] == b"\x78" else self)
+        head = self[:1]
+        if head == _LZ4:
+            return pickle.loads(lz4.block.decompress(memoryview(self)[1:]))
+        return pickle.loads(zlib.decompress(self) if head == b"\x78" else self)
 
 
 def _blob(value: Any) -> bytes:

@@ -101,9 +101,14 @@ def test_states_travel_pickled_and_are_stored_as_the_scorer_pickled_them(store: 
     plain, raw = load_states(store, sids), load_states(store, sids, pickled=True)
     assert len(plain) == 8 and all(isinstance(raw[s].state, Pickled) for s in sids)
     assert all(pickle.dumps(raw[s].state.load(), 5) == pickle.dumps(plain[s].state, 5) for s in sids)
-    assert all(raw[s].state[:1] == b"\x78" for s in sids)  # stored compressed
-    old = Pickled(pickle.dumps(plain[sids[0]].state, 5))  # as versions before compression stored it
-    assert pickle.dumps(old.load(), 5) == pickle.dumps(plain[sids[0]].state, 5)
+    assert all(raw[s].state[:1] == b"L" for s in sids)  # stored LZ4-compressed
+    assert all(len(raw[s].state) < len(pickle.dumps(plain[s].state, 5)) for s in sids)
+    # as versions before compression, and then with zlib, stored it: both still load
+    import zlib
+
+    pickled = pickle.dumps(plain[sids[0]].state, 5)
+    for old in (Pickled(pickled), Pickled(zlib.compress(pickled, 1))):
+        assert pickle.dumps(old.load(), 5) == pickled
     # written back untouched: the stored bytes are exactly what was read
     before = dict(store.cursor().execute("SELECT series_id, state FROM detector_state").fetchall())
     save_detection(store, states=raw, anomalies=pl.DataFrame(), detector="ensemble", incidents=[], now=START)
