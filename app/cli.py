@@ -26,13 +26,16 @@ class CliError(Exception):
 
 
 # -- output ----------------------------------------------------------------------------------------------
-def emit(data: Any, fmt: str, human: Callable[[Any], str]) -> None:
-    """Print ``data`` as JSON, CSV (a list of flat dicts) or human text."""
+def emit(data: Any, fmt: str, human: Callable[[Any], str], *, fields: Sequence[str] = ()) -> None:
+    """Print ``data`` as JSON, CSV (a list of flat dicts; ``fields`` is the header when there are no rows) or
+    human text."""
     if fmt == "json":
         print(json.dumps(data, indent=2, default=str))
     elif fmt == "csv":
         rows = data if isinstance(data, list) else [data]
         buf = io.StringIO()
+        if not rows and fields:
+            buf.write(",".join(fields) + "\n")
         if rows:
             writer = csv.DictWriter(
                 buf, fieldnames=list(rows[0].keys()), extrasaction="ignore", lineterminator="\n"
@@ -367,7 +370,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 
 def cmd_incidents(args: argparse.Namespace) -> int:
-    from ingest.results import list_incidents
+    from ingest.results import INCIDENT_FIELDS, list_incidents
 
     store = _open_store(
         args.db,
@@ -397,7 +400,7 @@ def cmd_incidents(args: argparse.Namespace) -> int:
             )
         return "\n".join(lines)
 
-    emit(rows, args.format, human)
+    emit(rows, args.format, human, fields=INCIDENT_FIELDS)
     return 0
 
 

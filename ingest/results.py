@@ -407,6 +407,22 @@ def list_incidents(
     return out
 
 
+#: the keys of each incident :func:`list_incidents` returns, in order (a CSV of no incidents still has its header)
+INCIDENT_FIELDS = (
+    "id",
+    "service",
+    "metric",
+    "labels",
+    "start",
+    "end",
+    "severity",
+    "status",
+    "causes",
+    "peak",
+    "series",
+)
+
+
 def incident_series(store: Store, incident_id: str) -> pl.DataFrame:
     """The affected series of an incident (series_id, metric, labels, start, last, peak, active)."""
     cur = store.cursor()

@@ -196,3 +196,15 @@ def test_simulate_into_a_file_and_a_closed_pipe(tmp_path, capsys):
         shell=True, capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1],
     )
     assert proc.stdout == '[{"timesta' and "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
+
+
+def test_incidents_csv_of_no_incidents_has_its_header(tmp_path, capsys):
+    from ingest.results import INCIDENT_FIELDS, list_incidents
+    from ingest.store import Store
+
+    db = tmp_path / "e.duckdb"
+    Store(db).close()
+    assert main(["incidents", "--db", str(db), "--format", "csv"]) == 0
+    assert capsys.readouterr().out == ",".join(INCIDENT_FIELDS) + "\n"
+    with Store(db, read_only=True) as s:
+        assert list_incidents(s) == []

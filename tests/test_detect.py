@@ -248,6 +248,9 @@ def test_cli_detect_and_incidents_json(tmp_path: Path) -> None:
         "causes",
     }
     assert any(i["service"] == "rag-api" for i in items)
+    from ingest.results import INCIDENT_FIELDS
+
+    assert tuple(items[0]) == INCIDENT_FIELDS  # the header a CSV of no incidents prints
     p = run("incidents", "--db", str(db), "--service", "rag-apj", "--format", "json")
     assert p.returncode == 2 and "no such service 'rag-apj' (did you mean 'rag-api'?)" in p.stderr
     p = run("detect", "--db", str(db), "--detector", "nope")
