@@ -215,18 +215,16 @@ class Store:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
             self._conn = duckdb.connect(self.path, read_only=read_only)
-        except duckdb.IOException as exc:
-            if "lock" in str(exc).lower():
+        except (duckdb.IOException, duckdb.CatalogException) as exc:
+            text = str(exc)
+            if isinstance(exc, duckdb.IOException) and "lock" in text.lower():
                 raise StoreLockedError(
                     f"{self.path} is held by another process (DuckDB allows one writer per file). If "
                     "`rootwise serve` owns it, send data to its HTTP API instead (POST /v1/metrics, "
                     "/v1/traces, /v1/logs) or stop it first."
                 ) from exc
-            if "not a valid DuckDB database file" in str(exc):
-                raise _not_duckdb(Path(self.path)) from exc
-            raise StoreError(f"cannot open {self.path}: {exc}") from exc
-        except duckdb.CatalogException as exc:  # read-only, DuckDB's in-memory view of a data file (below)
-            if "in-memory database" in str(exc):
+            in_memory = isinstance(exc, duckdb.CatalogException) and "in-memory database" in text
+            if "not a valid DuckDB database file" in text or in_memory:  # in_memory: see the view check below
                 raise _not_duckdb(Path(self.path)) from exc
             raise StoreError(f"cannot open {self.path}: {exc}") from exc
         if self.path != ":memory:" and self._conn.execute(
