@@ -108,6 +108,22 @@ def count(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def _check_names(store: Any, db: str, **names: str | None) -> None:
+    """Names typed on the command line (``service``, ``metric``) must be known to the store: a usage error with
+    the close matches otherwise (:func:`ingest.queries.check_names`)."""
+    from ingest.queries import QueryError, check_names
+
+    try:
+        check_names(store, **names)
+    except QueryError as exc:
+        raise CliError(f"{exc} (in {db})") from exc
+
+
+def _serve_error(exc: Exception) -> CliError:
+    """A server that could not start (:class:`app.server.ServeError`, e.g. its port is taken), as a usage error."""
+    return CliError(f"{exc} (is another server on it? choose a port with --port)")
+
+
 def _open_store(db: str, *, read_only: bool = False, held: str | None = None) -> Any:
     """The store at ``db``; ``held`` says where a read command finds the same answer while ``rootwise serve``
     holds the file (the store's own message is about sending data)."""
@@ -238,7 +254,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             ),
         )
     except ServeError as exc:
-        raise CliError(f"{exc} (is another server on it? choose a port with --port)") from exc
+        raise _serve_error(exc) from exc
     return 0
 
 
@@ -259,7 +275,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             fmt=args.format,
         )
     except ServeError as exc:
-        raise CliError(f"{exc} (is another server on it? choose a port with --port)") from exc
+        raise _serve_error(exc) from exc
     except (DemoError, StoreError) as exc:
         raise CliError(str(exc)) from exc
 
@@ -380,12 +396,7 @@ def cmd_incidents(args: argparse.Namespace) -> int:
     )
     try:
         if args.service is not None:  # a typo is not "no incidents"
-            from ingest.queries import QueryError, check_names
-
-            try:
-                check_names(store, service=args.service)
-            except QueryError as exc:
-                raise CliError(f"{exc} (in {args.db})") from exc
+            _check_names(store, args.db, service=args.service)
         rows = list_incidents(store, status=args.status, service=args.service, limit=args.limit)
     finally:
         store.close()
@@ -417,7 +428,6 @@ def _timestamp(text: str, flag: str) -> Any:
 
 
 def cmd_rca(args: argparse.Namespace) -> int:
-    from ingest.queries import QueryError, check_names
     from ingest.rca_view import StoreView
     from ingest.results import get_incident, save_causes
     from rca.base import RcaIncident
@@ -446,10 +456,8 @@ def cmd_rca(args: argparse.Namespace) -> int:
             start, end = _timestamp(args.start, "--start"), _timestamp(args.end, "--end")
             if end <= start:
                 raise CliError(f"--end ({args.end}) must be after --start ({args.start})")
-            try:  # a typo must not get a plausible ranking of some other service's causes
-                check_names(store, service=args.service, metric=args.metric)
-            except QueryError as exc:
-                raise CliError(f"{exc} (in {args.db})") from exc
+            # a typo must not get a plausible ranking of some other service's causes
+            _check_names(store, args.db, service=args.service, metric=args.metric)
             incident = RcaIncident(service=args.service, metric=args.metric, onset=start, end=end)
         result = explain_incident(incident, StoreView(store))
         out = result.to_json()

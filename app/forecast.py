@@ -73,17 +73,19 @@ def forecast_store(
     # plain series through the query layer: one bucket per step, counter increases across resets, and the
     # 5-minute / hourly rollups where retention has removed the raw points (``rootwise retention``)
     plain: dict[tuple[str, str, str], list[int]] = {}
+    # stitched, aggregated and histogram KPIs as detection reads them (raw points)
+    rest: dict[int, dict[str, Any]] = {}
     for sid, m in meta.items():
         if m["how"] == "series" and m["kind"] in _AGG:
             plain.setdefault((m["service"], m["metric"], m["kind"]), []).append(sid)
+        else:
+            rest[sid] = m
     frames = [
         q.resample_series(
             store, metric=metric, service=service, start=start, end=end, step=step, agg=_AGG[kind]
         ).filter(pl.col("series_id").is_in(ids))
         for (service, metric, kind), ids in plain.items()
     ]
-    # stitched, aggregated and histogram KPIs as detection reads them (raw points)
-    rest = {sid: m for sid, m in meta.items() if not (m["how"] == "series" and m["kind"] in _AGG)}
     if rest:
         points = _read_points(store, dict.fromkeys(rest, start), rest, DetectConfig())
         # (detection reads a stitched counter as its per-step increases already: a mean per step, as for gauges)

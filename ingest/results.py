@@ -350,6 +350,22 @@ def save_detection(
             cur.unregister("rootwise_states")
 
 
+#: the keys of each incident :func:`list_incidents` returns, in order (a CSV of no incidents still has its header)
+INCIDENT_FIELDS = (
+    "id",
+    "service",
+    "metric",
+    "labels",
+    "start",
+    "end",
+    "severity",
+    "status",
+    "causes",
+    "peak",
+    "series",
+)
+
+
 def list_incidents(
     store: Store,
     *,
@@ -387,40 +403,22 @@ def list_incidents(
     cur = store.cursor()
     cur.complete()
     out = []
-
     for r in cur.execute(sql, params).fetchall():
-        out.append(
-            {
-                "id": r[0],
-                "service": r[1],
-                "metric": r[2],
-                "labels": _labels(r[3]),
-                "start": r[4].isoformat() if r[4] else None,
-                "end": r[5].isoformat() if r[5] else None,
-                "severity": r[6],
-                "status": r[7],
-                "causes": json.loads(r[8]) if r[8] else [],
-                "peak": r[9],
-                "series": r[10],
-            }
+        values = (
+            r[0],
+            r[1],
+            r[2],
+            _labels(r[3]),
+            r[4].isoformat() if r[4] else None,
+            r[5].isoformat() if r[5] else None,
+            r[6],
+            r[7],
+            json.loads(r[8]) if r[8] else [],
+            r[9],
+            r[10],
         )
+        out.append(dict(zip(INCIDENT_FIELDS, values, strict=True)))
     return out
-
-
-#: the keys of each incident :func:`list_incidents` returns, in order (a CSV of no incidents still has its header)
-INCIDENT_FIELDS = (
-    "id",
-    "service",
-    "metric",
-    "labels",
-    "start",
-    "end",
-    "severity",
-    "status",
-    "causes",
-    "peak",
-    "series",
-)
 
 
 def incident_series(store: Store, incident_id: str) -> pl.DataFrame:
