@@ -360,20 +360,10 @@ class ScoringPool:
         self.nice = nice
         self._executor: Any = None
         self._lock = threading.Lock()
-        self._warm: list[Any] = []
-        self._started: list[tuple[int, int, int]] = []
-
-    @property
-    def started(self) -> list[tuple[int, int, int]]:
-        """(process id, polars threads, niceness) of the workers started last (waits until they are up)."""
-        with self._lock:
-            if self._warm:
-                self._started, self._warm = [f.result() for f in self._warm], []
-            return self._started
+        #: (process id, polars threads, niceness) of the workers started last
+        self.started: list[tuple[int, int, int]] = []
 
     def executor(self) -> Any:
-        """The pool, its processes started on first use. It does not wait for them: they import the detectors
-        while the caller reads its first batch (about a second of a ``rootwise detect`` run)."""
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
@@ -388,26 +378,22 @@ class ScoringPool:
                         initializer=_start_worker,
                         initargs=(self.nice, os.getpid()),
                     )
-                    # each submit with no idle worker starts (execs) one: all start now, under the setting above
-                    self._warm = [ex.submit(_warm_worker) for _ in range(self.workers)]
+                    # each submit with no idle worker starts one: all start now, under the setting above
+                    warm = [ex.submit(_warm_worker) for _ in range(self.workers)]
                 finally:
                     if old is None:
                         os.environ.pop("POLARS_MAX_THREADS", None)
                     else:
                         os.environ["POLARS_MAX_THREADS"] = old
+                self.started = [f.result() for f in warm]
                 self._executor = ex
             return self._executor
 
     def close(self) -> None:
         with self._lock:
             ex, self._executor = self._executor, None
-            warm, self._warm = self._warm, []
         if ex is not None:
             ex.shutdown(wait=True, cancel_futures=True)
-        # workers that came up before the shutdown (a broken pool's may not have)
-        up = [f.result() for f in warm if not f.cancelled() and f.exception() is None]
-        with self._lock:
-            self._started = up or self._started
 
 
 def _start_worker(nice: int, parent: int) -> None:
