@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_app_theme import MODEBAR_COVERS_JS
 
 from app import data
 from app.dashboard import mount_dashboard
@@ -207,6 +208,9 @@ def test_capacity_page_what_if_moves_the_date_and_downloads_the_report(
     assert "UTC" in body and "GPU throughput m-big " + REGION in body  # the label value shown as text
     assert "Settings:" in body  # where the limits come from is said on the page
     page.locator(".cap-chart .main-svg").first.wait_for(timeout=20_000)
+    chart = page.locator(".cap-chart").first
+    chart.locator(".draglayer .nsewdrag").first.hover()  # the modebar keeps off its limit and P50/P90 marks
+    assert chart.locator(".js-plotly-plot").evaluate(MODEBAR_COVERS_JS) == []
 
     # t-big is half the demand: doubling it is x1.5 overall, so the P90 date comes earlier
     page.fill("#cap-factor", "2")

@@ -187,3 +187,81 @@ def test_theme_toggle_persists_and_every_page_fits_1366(server, browser_page, sc
     page.goto(server + "/")
     page.wait_for_selector("#services-table")
     assert _theme(page) == "theme-light"  # switching back is kept too
+
+
+def _rgb(css: str) -> tuple[float, ...]:
+    """``rgb(...)``/``rgba(...)`` → (r, g, b, alpha)."""
+    parts = [float(p) for p in css[css.index("(") + 1 : css.index(")")].replace("/", ",").split(",")]
+    return (*parts[:3], parts[3] if len(parts) > 3 else 1.0)
+
+
+def contrast(fg: str, bg: str) -> float:
+    """WCAG 2 contrast ratio of the CSS colour ``fg`` (its alpha blended over ``bg``) on the opaque ``bg``."""
+    *f, alpha = _rgb(fg)
+    b = _rgb(bg)[:3]
+    blended = [alpha * x + (1 - alpha) * y for x, y in zip(f, b, strict=True)]
+
+    def luminance(rgb) -> float:
+        c = [v / 255 for v in rgb]
+        c = [v / 12.92 if v <= 0.04045 else ((v + 0.055) / 1.055) ** 2.4 for v in c]
+        return 0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2]
+
+    hi, lo = sorted((luminance(blended), luminance(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+#: the colour painted behind an element: the first ancestor's opaque background
+BACKGROUND_JS = """(el) => {
+    for (let n = el; n; n = n.parentElement) {
+        const c = getComputedStyle(n).backgroundColor;
+        if (c !== 'rgba(0, 0, 0, 0)' && c !== 'transparent') return c;
+    }
+    return getComputedStyle(document.documentElement).backgroundColor;
+}"""
+
+#: what of a chart its modebar covers: the plot area, the title, the legend, annotations (change events, limits)
+MODEBAR_COVERS_JS = """(graph) => {
+    const mb = graph.querySelector('.modebar').getBoundingClientRect();
+    const hit = (r) => r.width > 0 && r.height > 0 && r.left < mb.right && mb.left < r.right
+        && r.top < mb.bottom && mb.top < r.bottom;
+    const parts = [['plot area', '.draglayer .nsewdrag'], ['title', '.gtitle'], ['legend', '.legend'],
+                   ['annotation', '.annotation']];
+    return parts.flatMap(([name, sel]) =>
+        [...graph.querySelectorAll(sel)].filter((e) => hit(e.getBoundingClientRect())).map(() => name));
+}"""
+
+CHARTS = (
+    ("explore", "/explore?metric=latency_ms&by=tenant", "#x-graph"),  # a title and a legend
+    ("service", "/service/rag-api?by=tenant", "#panel-requests"),  # a subtitle, a small panel
+    ("incident", f"/incident/{INCIDENT_ID}", "#inc-kpi"),  # a change annotated at the top
+)
+
+
+def test_the_modebar_keeps_off_every_chart_in_both_themes(server, browser_page, screenshot):
+    """The modebar (Plotly's toolbar, shown on hover) sits in a strip of its own above each chart, holds only
+    save / zoom / pan / reset, and its icons stand out from the page in either theme."""
+    page = browser_page
+    for theme in ("light", "dark"):
+        page.emulate_media(color_scheme=theme)
+        for name, path, graph in CHARTS:
+            page.goto(server + path)
+            page.locator(f"{graph} .scatterlayer .trace").first.wait_for(state="attached", timeout=20_000)
+            assert _theme(page) == f"theme-{theme}"
+            plot = page.locator(f"{graph} .draglayer .nsewdrag").first
+            plot.hover()  # the modebar shows while the pointer is on the chart
+            modebar = page.locator(f"{graph} .modebar")
+            page.wait_for_function(
+                "(el) => getComputedStyle(el).opacity === '1'", arg=modebar.element_handle(), timeout=5_000
+            )
+            buttons = modebar.locator(".modebar-btn").evaluate_all(
+                "bs => bs.map(b => b.getAttribute('data-title'))"
+            )
+            assert buttons == ["Download plot as a PNG", "Zoom", "Pan", "Reset axes"], (name, buttons)
+            covered = page.locator(f"{graph} .js-plotly-plot").evaluate(MODEBAR_COVERS_JS)
+            assert covered == [], f"{theme} {name}: the modebar covers the {', '.join(covered)}"
+            icon = modebar.locator(".modebar-btn path").first
+            fill = icon.evaluate("(p) => getComputedStyle(p).fill")
+            ratio = contrast(fill, modebar.evaluate(BACKGROUND_JS))
+            assert ratio >= 3, f"{theme} {name}: modebar icons at {ratio:.1f}:1 on the page"
+            screenshot(page, f"modebar-{theme}-{name}.png")
+    _no_dash_errors(page)

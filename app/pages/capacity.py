@@ -22,6 +22,7 @@ from dash.exceptions import PreventUpdate
 
 from app import data
 from app.capacity import CapacityPlan, Resource, Scenario
+from app.charts import CONFIG, fit_modebar
 from app.report import band_figure, bottom_line, render_html
 
 dash.register_page(__name__, path="/capacity", name="Capacity", order=30, title="Capacity")
@@ -143,12 +144,12 @@ def _chart(r: Resource, scenario: Resource | None) -> dcc.Graph:
     fig = band_figure(
         title, shown.history, shown.forecast, r.limit if r.kind != "budget" else None, r.unit, shown
     )
-    fig.update_layout(height=310, legend={"y": -0.2}, margin={"b": 50})
+    fig.update_layout(height=330, legend={"y": -0.2}, margin={"b": 50})
     for note in fig.layout.annotations:  # the P50 and P90 marks are often a day apart: keep both readable
         if note.text and note.text.startswith("P50 "):
             note.yshift = -16
     # no "responsive" config: with it Dash draws the chart once at an unknown size (console errors)
-    return dcc.Graph(figure=fig, config={"displaylogo": False}, className="cap-chart")
+    return dcc.Graph(figure=fit_modebar(fig), config=CONFIG, className="cap-chart")
 
 
 def _every(d: timedelta) -> str:

@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 from dash import Input, Output, State, callback, dcc, html
 
 from app import data, timerange
+from app.charts import CONFIG, fit_modebar
 from ingest.queries import QueryError
 
 dash.register_page(__name__, path="/explore", name="Explore", order=10)
@@ -58,7 +59,7 @@ def layout(
             dcc.Store(
                 id="x-range", data=timerange.token_from_query(range, _query.get("from"), _query.get("to"))
             ),
-            dcc.Graph(id="x-graph", style={"height": "70vh"}),
+            dcc.Graph(id="x-graph", config=CONFIG, style={"height": "70vh"}),
             dcc.Location(id="x-url", refresh=False),
         ]
     )
@@ -105,6 +106,14 @@ def _message(fig: go.Figure, text: str) -> go.Figure:
 )
 def _plot(metric, service, by, agg, rng, _search):
     """``rng``: the range token (``None``: the default, and no range written to the URL)."""
+    fig, search = _figure(metric, service, by, agg, rng)
+    return fit_modebar(fig), search
+
+
+def _figure(
+    metric: str | None, service: str | None, by: str | None, agg: str | None, rng: str | None
+) -> tuple[go.Figure, str]:
+    """The chart of the controls' query and the page's URL query for it."""
     fig = go.Figure()
     fig.update_layout(
         margin={"l": 40, "r": 10, "t": 30, "b": 30}, xaxis_title="time (UTC)", legend={"orientation": "h"}

@@ -25,6 +25,7 @@ import polars as pl
 from dash import Input, Output, State, callback, ctx, dcc, html
 
 from app import data, timerange
+from app.charts import CONFIG, NO_MODEBAR, fit_modebar
 from ingest.queries import QueryError
 from ingest.results import IncidentStatusError
 
@@ -241,7 +242,7 @@ def _who(causes: list[dict[str, Any]], series: pl.DataFrame, shared: dict[str, s
             yaxis={"automargin": True},
             plot_bgcolor="#fff",
         )
-        out.append(dcc.Graph(figure=bars, config={"displayModeBar": False}, id="inc-dim-chart"))
+        out.append(dcc.Graph(figure=bars, config=NO_MODEBAR, id="inc-dim-chart"))
     else:
         out.append(html.P("No dimension combination stands out (or the RCA has not run).", className="muted"))
     rows = [
@@ -594,7 +595,7 @@ def layout(incident_id: str | None = None, **_query: str) -> html.Div:
             html.Section(
                 [
                     html.H3("What: the KPI around the incident"),
-                    dcc.Graph(id="inc-kpi", figure=figure, config={"displaylogo": False}),
+                    dcc.Graph(id="inc-kpi", figure=fit_modebar(figure), config=CONFIG),
                     html.P(note, className="muted small") if note else None,
                 ],
                 className="panel",

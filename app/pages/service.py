@@ -19,6 +19,7 @@ import polars as pl
 from dash import ALL, MATCH, Input, Output, State, callback, dcc, html
 
 from app import data, timerange
+from app.charts import CONFIG, fit_modebar
 from ingest.queries import QueryError
 
 dash.register_page(
@@ -27,6 +28,8 @@ dash.register_page(
 
 #: groups drawn per chart; more would be unreadable (the chart says how many there are)
 TOP_GROUPS = 12
+#: a panel's height in px, the modebar's strip included (``.svc-panel-graph`` in assets/style.css)
+PANEL_HEIGHT = 280
 
 
 class Panel(NamedTuple):
@@ -198,7 +201,7 @@ def layout(
                 ),
                 dcc.Graph(
                     id={"type": "svc-graph", "panel": p.key},
-                    config={"displaylogo": False},  # "responsive" draws once at no size: console errors
+                    config=CONFIG,  # no "responsive": it draws once at no size (console errors)
                     className="svc-panel-graph",
                 ),
             ],
@@ -222,7 +225,7 @@ _TEMPLATE = {
 
 
 def _figure(traces: list[dict[str, Any]], layout: dict[str, Any]) -> dict[str, Any]:
-    return {"data": traces, "layout": {"template": _TEMPLATE, **layout}}
+    return fit_modebar({"data": traces, "layout": {"template": _TEMPLATE, **layout}})
 
 
 def _empty(message: str) -> dict[str, Any]:
@@ -234,7 +237,7 @@ def _empty(message: str) -> dict[str, Any]:
             "annotations": [{"text": text, "showarrow": False, "xref": "paper", "yref": "paper"}],
             "xaxis": {"visible": False},
             "yaxis": {"visible": False},
-            "height": 260,
+            "height": PANEL_HEIGHT,
             "margin": {"l": 10, "r": 10, "t": 10, "b": 10},
         },
     )
@@ -340,7 +343,7 @@ def panel_figure(
                 "font": {"size": 11, "color": "#667085"},
                 "x": 0.01,
             },
-            "height": 260,
+            "height": PANEL_HEIGHT,
             "margin": {"l": 48, "r": 10, "t": 24 if subtitle else 10, "b": 28},
             # the page says "Times in UTC" once
             "xaxis": {"title": {"text": None}, "hoverformat": "%Y-%m-%d %H:%M UTC"},
