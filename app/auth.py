@@ -8,9 +8,10 @@ Three modes:
   without it are refused. Only run this behind a proxy that strips the header from client requests.
 
 Roles: ``viewer`` sees everything; ``responder`` may also act — acknowledge/resolve/reopen, run RCA, create or
-expire silences, send test notifications. Pages call :func:`can_respond` in every action callback. The
-telemetry endpoints (``/v1/*``), ``/api/v1/*`` (bearer token, ``[server] token``) and the probes (``/healthz``,
-``/readyz``, ``/metrics``) are not behind this check.
+expire silences, send test notifications. Pages call :func:`can_respond` in every action callback and show a
+viewer those controls disabled (:func:`action_props`). The telemetry endpoints (``/v1/*``), ``/api/v1/*``
+(bearer token, ``[server] token``) and the probes (``/healthz``, ``/readyz``, ``/metrics``) are not behind this
+check.
 
 Example::
 
@@ -172,6 +173,20 @@ def can_respond() -> bool:
         return True
     user = current_user()
     return user is not None and user.responder
+
+
+#: the tooltip of a control a viewer sees but may not use
+VIEWER_TITLE = "Needs the responder role: you are signed in as a viewer."
+
+
+def action_props() -> dict[str, Any]:
+    """The props of a button that acts (acknowledge, run RCA, create a silence, ...): for a viewer, disabled and
+    titled with why; nothing for a responder.
+
+    Only what the page shows: the action's callback still checks :func:`can_respond` (a viewer's browser can
+    send the click anyway).
+    """
+    return {} if can_respond() else {"disabled": True, "title": VIEWER_TITLE}
 
 
 def who() -> str:

@@ -271,13 +271,19 @@ role = "responder"
         pg.wait_for_selector("#al-receivers")
         return pg
 
-    # a viewer sees everything and may do nothing: visible refusals, nothing sent, nothing stored
+    # a viewer sees everything and may do nothing: the actions disabled, saying why; nothing sent or stored
     viewer = signed_in("vera", "viewer-password-1")
     assert "Read-only" in viewer.inner_text("#al-read-only")
-    viewer.click("#al-receivers button:has-text('Send test')")
+    for selector in ("#al-receivers button:has-text('Send test')", "#al-sil-create"):
+        action = viewer.locator(selector)
+        assert action.is_disabled() and "responder role" in (action.get_attribute("title") or "")
+    assert viewer.is_disabled("#al-sil-matchers") and viewer.is_disabled("#al-sil-comment")
+    # clicks sent anyway (disabled only on the page) are refused by the server
+    props = "window.dash_clientside.set_props"
+    viewer.evaluate(f"{props}({{type: 'al-test', receiver: 'hook'}}, {{n_clicks: 1}})")
     viewer.wait_for_function("document.querySelector('#al-test-msg')?.innerText.includes('Not allowed')")
-    viewer.fill("#al-sil-matchers", 'service="svc-silenced"')
-    viewer.click("#al-sil-create")
+    viewer.evaluate(f"{props}('al-sil-matchers', {{value: 'service=\"svc-silenced\"'}})")
+    viewer.evaluate(f"{props}('al-sil-create', {{n_clicks: 1}})")
     viewer.wait_for_function("document.querySelector('#al-sil-msg')?.innerText.includes('Not allowed')")
     viewer.wait_for_timeout(500)
     assert receiver.received == []
@@ -294,7 +300,13 @@ role = "responder"
     responder.wait_for_selector("#al-silences")
     row = responder.locator("#al-silences tbody tr").first.inner_text()
     assert "active" in row and "alice" in row and 'model=~"m|n"' in row
+    assert responder.locator("#al-silences button:has-text('Expire')").is_enabled()
     _no_dash_errors(responder)
+    viewer.reload()  # the viewer sees the silence, and its Expire disabled
+    expire = viewer.locator("#al-silences button:has-text('Expire')")
+    expire.wait_for()
+    assert expire.is_disabled() and "responder role" in (expire.get_attribute("title") or "")
+    _no_dash_errors(viewer)
     _stop(proc)
 
     # no receivers configured: a pointer to the README, not a broken page

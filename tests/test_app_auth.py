@@ -66,7 +66,14 @@ def test_basic_auth_separates_viewers_from_responders(db, tmp_path, serve_proces
     )
     vp = viewer.new_page()
     vp.goto(url + f"/incident/{INCIDENT}")
-    vp.click("#inc-ack")
+    # a viewer sees the actions disabled, each saying why, and the page says it is read-only
+    for action in ("#inc-ack", "#inc-resolve", "#inc-reopen", "#inc-explain"):
+        assert vp.is_disabled(action), action
+        assert "responder role" in (vp.get_attribute(action, "title") or ""), action
+    assert "Read-only" in vp.inner_text("#inc-read-only")
+    assert vp.is_enabled("#inc-export")  # reading is not acting: the postmortem export stays
+    # a click sent anyway (the button is disabled only on the page) is still refused by the server
+    vp.evaluate("window.dash_clientside.set_props('inc-ack', {n_clicks: 1})")
     vp.wait_for_function("document.querySelector('#inc-action-msg')?.innerText.includes('Only responders')")
     assert vp.inner_text("#inc-status") == "open"
     viewer.close()
@@ -76,6 +83,8 @@ def test_basic_auth_separates_viewers_from_responders(db, tmp_path, serve_proces
     )
     rp = responder.new_page()
     rp.goto(url + f"/incident/{INCIDENT}")
+    assert rp.is_enabled("#inc-explain") and rp.get_attribute("#inc-ack", "title") is None
+    assert rp.locator("#inc-read-only").count() == 0
     rp.click("#inc-ack")
     rp.wait_for_function("document.querySelector('#inc-status')?.innerText === 'acknowledged'")
     responder.close()

@@ -19,7 +19,7 @@ from dash import ALL, Input, Output, State, callback, ctx, dash_table, dcc, html
 
 from app import data
 from app.alerts.config import parse_duration
-from app.auth import can_respond, current_user
+from app.auth import action_props, can_respond, current_user
 
 dash.register_page(__name__, path="/alerts", name="Alerts", order=25, title="Alerts")
 
@@ -163,7 +163,13 @@ def receivers_view(cfg: Any) -> list[Any]:
             html.Span(r.url_display, className="mono"),
             f"{r.rate_limit_per_minute:g} / min",
             duration_text(r.deadline),
-            html.Button("Send test", id={"type": "al-test", "receiver": r.name}, n_clicks=0, className="btn"),
+            html.Button(
+                "Send test",
+                id={"type": "al-test", "receiver": r.name},
+                n_clicks=0,
+                className="btn",
+                **action_props(),
+            ),
         ]
         for r in cfg.receivers.values()
     ]
@@ -238,7 +244,13 @@ def silences_view(silences: list[Any], now: datetime) -> Any:
                 _when(s.ends_at),
                 s.created_by,
                 s.comment,
-                html.Button("Expire", id={"type": "al-expire", "silence": s.id}, n_clicks=0, className="btn")
+                html.Button(
+                    "Expire",
+                    id={"type": "al-expire", "silence": s.id},
+                    n_clicks=0,
+                    className="btn",
+                    **action_props(),
+                )
                 if state != "expired"
                 else "",
             ]
@@ -271,16 +283,15 @@ def layout(**_query: str) -> html.Div:
     """The page: configuration (static for the server's life), then silences, holds and the delivery log."""
     cfg = data.alerting_config()
     user = current_user()
+    viewer = not can_respond()
     read_only = (
-        []
-        if can_respond()
-        else [
-            html.P(
-                "Read-only: creating and expiring silences and sending tests need the responder role.",
-                className="notice",
-                id="al-read-only",
-            )
-        ]
+        html.P(
+            "Read-only: creating and expiring silences and sending tests need the responder role.",
+            className="notice",
+            id="al-read-only",
+        )
+        if viewer
+        else None
     )
     return html.Div(
         [
@@ -290,7 +301,7 @@ def layout(**_query: str) -> html.Div:
                 "shown.",
                 className="tz-note",
             ),
-            *read_only,
+            read_only,
             html.H3("Receivers"),
             html.Div(receivers_view(cfg), className="panel"),
             html.H3("Routes"),
@@ -304,13 +315,16 @@ def layout(**_query: str) -> html.Div:
                                 id="al-sil-matchers",
                                 placeholder='service="rag-api", tenant=~"t-1.*" (one per line or comma-separated)',
                                 style={"width": "100%", "height": 54},
+                                disabled=viewer,
                             ),
                             html.Div(
                                 [
                                     html.Span("for", className="control-label"),
                                     # widths inline: the shared stylesheet gives inputs their container's
                                     html.Div(
-                                        dcc.Input(id="al-sil-duration", type="text", value="2h"),
+                                        dcc.Input(
+                                            id="al-sil-duration", type="text", value="2h", disabled=viewer
+                                        ),
                                         style={"width": 90},
                                         title="30m, 2h, 1d, 1h30m (at most 90 days)",
                                     ),
@@ -327,7 +341,10 @@ def layout(**_query: str) -> html.Div:
                                     ),
                                     html.Div(
                                         dcc.Input(
-                                            id="al-sil-comment", type="text", placeholder="comment (why)"
+                                            id="al-sil-comment",
+                                            type="text",
+                                            placeholder="comment (why)",
+                                            disabled=viewer,
                                         ),
                                         style={"flex": "1 1 260px"},
                                     ),
@@ -336,6 +353,7 @@ def layout(**_query: str) -> html.Div:
                                         id="al-sil-create",
                                         n_clicks=0,
                                         className="btn primary",
+                                        **action_props(),
                                     ),
                                 ],
                                 className="actions",

@@ -25,6 +25,7 @@ import polars as pl
 from dash import Input, Output, State, callback, ctx, dcc, html
 
 from app import data, timerange
+from app.auth import action_props, can_respond
 from app.charts import CONFIG, NO_MODEBAR, fit_modebar
 from ingest.queries import QueryError
 from ingest.results import IncidentStatusError
@@ -408,7 +409,7 @@ def _why(incident: dict[str, Any], causes: list[dict[str, Any]], events: pl.Data
     if not causes:
         out += [
             html.P("No root-cause analysis is stored for this incident yet.", className="muted"),
-            html.Button("Explain now", id="inc-explain", className="btn primary"),
+            html.Button("Explain now", id="inc-explain", className="btn primary", **action_props()),
         ]
         return out
     by_id = {e["event_id"]: e for e in events.iter_rows(named=True)}
@@ -572,9 +573,9 @@ def layout(incident_id: str | None = None, **_query: str) -> html.Div:
     )
     actions = html.Div(
         [
-            html.Button("Acknowledge", id="inc-ack", className="btn"),
-            html.Button("Resolve", id="inc-resolve", className="btn"),
-            html.Button("Reopen", id="inc-reopen", className="btn"),
+            html.Button("Acknowledge", id="inc-ack", className="btn", **action_props()),
+            html.Button("Resolve", id="inc-resolve", className="btn", **action_props()),
+            html.Button("Reopen", id="inc-reopen", className="btn", **action_props()),
             html.Span(
                 [dcc.Clipboard(id="inc-clip", title="copy a link to this page"), " copy link"],
                 className="btn clip",
@@ -585,6 +586,16 @@ def layout(incident_id: str | None = None, **_query: str) -> html.Div:
         ],
         className="actions",
     )
+    read_only = (
+        None
+        if can_respond()
+        else html.P(
+            "Read-only: acknowledging, resolving, reopening and running the root-cause analysis need the "
+            "responder role.",
+            className="note",
+            id="inc-read-only",
+        )
+    )
     return html.Div(
         [
             dcc.Store(id="inc-id", data=incident_id),
@@ -592,6 +603,7 @@ def layout(incident_id: str | None = None, **_query: str) -> html.Div:
             dcc.Link("← all incidents", href=back, className="muted", id="inc-back"),
             header,
             actions,
+            read_only,
             html.Section(
                 [
                     html.H3("What: the KPI around the incident"),
