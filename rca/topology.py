@@ -76,7 +76,8 @@ SIGNALS: dict[str, str] = {
 
 _MS_PER_UNIT = {"s": 1000.0, "seconds": 1000.0, "ms": 1.0, "us": 1e-3, "µs": 1e-3, "ns": 1e-6}
 
-_SIGNAL_TEXT = {
+#: each signal in words (explanations here, the evidence on the incident page)
+SIGNAL_TEXT = {
     "self_time": "own latency (self time, callees excluded)",
     "network_in": "network time of calls into it",
     "resource": "resource use",
@@ -793,7 +794,7 @@ class TopologyAnalyser:
                     * np.log1p(max(float(kv[1]["z"]), 0.0))
                 ),
             )
-            what = _SIGNAL_TEXT[name]
+            what = SIGNAL_TEXT[name]
             detail = f" ({row['detail']})" if row.get("detail") else ""
             since = f" from {onset:%H:%M:%S}" if onset is not None else ""
             text = f"{service}: {what}{detail} shifted {float(row['z']):.1f} spreads{since}"

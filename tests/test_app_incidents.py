@@ -20,6 +20,7 @@ import polars as pl
 import pytest
 
 from app.detect import DetectConfig, run_detection
+from app.evidence import LABELS
 from app.explain import explain_new_incidents
 from detectors.incidents import Incident
 from ingest import results, schema
@@ -153,6 +154,11 @@ def test_incidents_and_incident_page_in_chromium(incident_server, browser_page, 
     assert "change" in top.locator("summary .kind").inner_text().lower()
     assert "Promote m-large v42 to all tenants" in top.inner_text()
     assert "chg-rollout" in top.inner_text()
+    # the evidence in words with units, not the engine's keys (the top cause is open; the others are folded)
+    evidence = top.locator("table.evidence").inner_text()
+    assert "Position in the call graph" in evidence and "min before the onset" in evidence, evidence
+    raw = [k for k in LABELS if "_" in k and k in page.text_content("#inc-causes")]
+    assert not raw, f"raw evidence keys on the page: {raw}"
     assert "model_version=v42" in page.inner_text("#inc-dimensions")
     assert EVIL in page.inner_text("#inc-series")  # shown as text; the dialog handler stays silent
     assert EVIL_TITLE in page.inner_text("#inc-causes")  # the config change, further down the ranking
@@ -188,6 +194,7 @@ def test_incidents_and_incident_page_in_chromium(incident_server, browser_page, 
     assert markdown.startswith("# Postmortem draft: errors on gateway")
     assert "Promote m-large v42 to all tenants" in markdown and "chg-rollout" in markdown
     assert "acknowledged" in markdown and EVIL not in markdown  # escaped: &lt;script&gt;...
+    assert "Position in the call graph:" in markdown and "before\\_onset" not in markdown
     (tmp_path / "postmortem.md").write_text(markdown)
     if os.environ.get("ROOTWISE_SCREENSHOTS"):
         Path(os.environ["ROOTWISE_SCREENSHOTS"], "postmortem.md").write_text(markdown)

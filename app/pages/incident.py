@@ -6,13 +6,12 @@ dependency graph coloured by them), and the actions (acknowledge, resolve, share
 
 Every label value, title and service name comes from telemetry and is untrusted: Dash components render it
 as text; figure text is entity-escaped (Plotly reads a subset of HTML in its labels); nothing is rendered as
-HTML or Markdown. Evidence keys that look like credentials are masked.
+HTML or Markdown. Evidence is shown in words (:mod:`app.evidence`); keys that look like credentials are masked.
 """
 
 from __future__ import annotations
 
 import html as html_text
-import json
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,6 +26,7 @@ from dash import Input, Output, State, callback, ctx, dcc, html
 from app import data, timerange
 from app.auth import action_props, can_respond
 from app.charts import CONFIG, NO_MODEBAR, fit_modebar
+from app.evidence import evidence_rows, unit_text
 from ingest.queries import QueryError
 from ingest.results import IncidentStatusError
 
@@ -43,7 +43,6 @@ dash.register_page(
 BEFORE = timedelta(hours=2)
 AFTER = timedelta(hours=1)
 MAX_LINES = 5
-SECRET_KEY = re.compile(r"secret|token|passw|api[_-]?key|authori[sz]ation|credential|cookie", re.I)
 STATUS_BUTTONS = {"inc-ack": "acknowledged", "inc-resolve": "resolved", "inc-reopen": "open"}
 EVENT_COLOURS = {
     "deploy": "#6941c6",
@@ -81,15 +80,6 @@ def _number(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return str(value)
     return f"{value:.4g}"
-
-
-def _value_text(key: str, value: Any) -> str:
-    """An evidence value as one line of text; credential-like keys masked."""
-    if SECRET_KEY.search(key):
-        return "•••• (hidden)"
-    if isinstance(value, dict | list):
-        return json.dumps(value, sort_keys=True, default=str)
-    return _number(value)
 
 
 def _labels_of(entries: Any) -> dict[str, str]:
@@ -271,10 +261,17 @@ def _who(causes: list[dict[str, Any]], series: pl.DataFrame, shared: dict[str, s
 
 
 # -- Why: ranked causes and the dependency graph ---------------------------------------------------------
-def _evidence_table(evidence: dict[str, Any]) -> html.Table:
-    rows = [
-        html.Tr([html.Th(k), html.Td(_value_text(k, v))]) for k, v in evidence.items() if k != "explanation"
-    ]
+def _evidence(c: dict[str, Any]) -> list[tuple[str, str]]:
+    """A cause's evidence as (label, value) rows (:mod:`app.evidence`); a metric's values with its unit."""
+    unit = None
+    if c.get("kind") == "metric" and c.get("service") and c.get("metric"):
+        found = data.service_metrics(c["service"]).filter(pl.col("metric") == c["metric"])
+        unit = unit_text(found["unit"][0]) if found.height else None
+    return evidence_rows(c.get("kind"), c.get("evidence", {}), unit)
+
+
+def _evidence_table(c: dict[str, Any]) -> html.Table:
+    rows = [html.Tr([html.Th(label), html.Td(value)]) for label, value in _evidence(c)]
     return html.Table(html.Tbody(rows), className="evidence")
 
 
@@ -307,7 +304,7 @@ def _cause(c: dict[str, Any], event: dict[str, Any] | None) -> html.Details:
     if c.get("metric") or c.get("labels"):
         scope = f"{c.get('metric') or ''} {_labels_text(c.get('labels') or {})}".strip()
         body.append(html.P(f"Scope: {scope}", className="muted small"))
-    body.append(_evidence_table(ev))
+    body.append(_evidence_table(c))
     return html.Details([summary, *body], className="cause", open=c.get("rank") == 1)
 
 
@@ -510,9 +507,8 @@ def postmortem_markdown(
         )
         if c.get("event_id"):
             lines.append(f"   - event: {_md(c['event_id'])}")
-        for k, v in ev.items():
-            if k != "explanation":
-                lines.append(f"   - {_md(k)}: {_md(_value_text(k, v))}")
+        for label, value in _evidence(c):
+            lines.append(f"   - {_md(label)}: {_md(value)}")
     return "\n".join(lines) + "\n"
 
 
