@@ -78,9 +78,13 @@ def _nav() -> html.Nav:
     )
 
 
-def _token(search: str | None) -> str | None:
+def _range_params(search: str | None) -> tuple[str | None, str | None, str | None]:
     params = {k: v[0] for k, v in parse_qs((search or "").lstrip("?")).items()}
-    return timerange.token_from_query(params.get("range"), params.get("from"), params.get("to"))
+    return params.get("range"), params.get("from"), params.get("to")
+
+
+def _token(search: str | None) -> str | None:
+    return timerange.token_from_query(*_range_params(search))
 
 
 def create_dash(server: flask.Flask, store: Store) -> dash.Dash:
@@ -112,7 +116,13 @@ def create_dash(server: flask.Flask, store: Store) -> dash.Dash:
             dcc.Store(id="rw-range-choice"),
             dcc.Store(id="rw-theme", storage_type="local"),
             _nav(),
-            html.Main(dash.page_container),
+            # the range params the nav could not use, said above every page (:func:`timerange.ignored_params`)
+            html.Main(
+                [
+                    html.Div(id="rw-url-notice", className="notice url-notice", role="status"),
+                    dash.page_container,
+                ]
+            ),
         ]
     )
 
@@ -122,11 +132,13 @@ def create_dash(server: flask.Flask, store: Store) -> dash.Dash:
         Output("rw-to", "value"),
         Output("rw-window", "children"),
         Output({"type": "rw-nav", "path": ALL}, "href"),
+        Output("rw-url-notice", "children"),
         Input("rw-url", "search"),
         State({"type": "rw-nav", "path": ALL}, "id"),
     )
     def _show_range(search, links):
-        """The picker and the nav links follow the URL (a link, the back button, the picker itself)."""
+        """The picker and the nav links follow the URL (a link, the back button, the picker itself); range
+        params it cannot use are said above the page."""
         token = _token(search)
         preset, _, _ = timerange.parse_token(token)
         bounds = data.data_range()
@@ -134,7 +146,8 @@ def create_dash(server: flask.Flask, store: Store) -> dash.Dash:
         shown = [f"{t:%Y-%m-%d %H:%M}" for t in span] if span else ["", ""]
         carried = urlencode(timerange.query(token), safe=":")
         hrefs = [link["path"] + (f"?{carried}" if carried else "") for link in links]
-        return preset or timerange.CUSTOM, *shown, timerange.describe(token, bounds), hrefs
+        ignored = [html.P(m) for m in timerange.ignored_params(*_range_params(search))]
+        return preset or timerange.CUSTOM, *shown, timerange.describe(token, bounds), hrefs, ignored
 
     @app.callback(
         Output("rw-range-choice", "data"),

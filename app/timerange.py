@@ -94,6 +94,48 @@ def token_from_query(range_: str | None, from_: str | None = None, to: str | Non
     return None
 
 
+def ignored_params(range_: str | None, from_: str | None = None, to: str | None = None) -> list[str]:
+    """What of a URL's range params the app cannot use and so ignores, in words (:func:`app.notices.ignored`).
+
+    Examples
+    --------
+    >>> ignored_params("7d"), ignored_params(None, "2026-05-04", "2026-05-05")
+    ([], [])
+    >>> ignored_params("nonsense")
+    ["Ignored range='nonsense' in the URL: expected one of 1h, 6h, 24h, 3d, 7d, 30d, all (or from= and to=); showing Last 24 hours."]
+    >>> ignored_params(None, "2026-05-05", "yesterday")
+    ["Ignored to='yesterday' in the URL: expected a UTC time, YYYY-MM-DDTHH:MM; showing Last 24 hours."]
+    >>> ignored_params(None, "2026-05-05")
+    ["Ignored from='2026-05-05' in the URL: expected to= as well (a custom range needs both); showing Last 24 hours."]
+    >>> ignored_params("7d", "2026-05-04", "2026-05-05")
+    ["Ignored from='2026-05-04' and to='2026-05-05' in the URL: expected them without range= (range=7d wins); showing Last 7 days."]
+    """
+    from app.notices import ignored, one_of
+
+    token = token_from_query(range_, from_, to)
+    preset = parse_token(token)[0]
+    showing = LABELS[preset] if preset else describe(token, None)
+    bounds = {k: v for k, v in (("from", from_), ("to", to)) if v is not None}
+    if range_ is not None and range_ not in PRESETS:
+        return [ignored({"range": range_}, f"{one_of(PRESETS)} (or from= and to=)", showing)]
+    if range_ in PRESETS:
+        if not bounds:
+            return []
+        return [ignored(bounds, f"them without range= (range={range_} wins)", showing)]
+    out = []
+    for key, value in bounds.items():
+        if parse_time(value) is None:
+            out.append(ignored({key: value}, "a UTC time, YYYY-MM-DDTHH:MM", showing))
+    if out or not bounds:
+        return out
+    if len(bounds) == 1:
+        (key, value), other = next(iter(bounds.items())), "to" if "from" in bounds else "from"
+        return [ignored({key: value}, f"{other}= as well (a custom range needs both)", showing)]
+    if token is None:  # both parse, in the wrong order
+        return [ignored(bounds, "the start before the end", showing)]
+    return []
+
+
 def parse_token(token: str | None) -> tuple[str | None, datetime | None, datetime | None]:
     """``(preset, start, end)`` of a token: a preset and no bounds, or no preset and both bounds.
 

@@ -290,14 +290,14 @@ def _capacity_body(
     return json.dumps(out["cap-body"]["children"]), out["cap-url"]["search"]
 
 
-def _page_layout(client) -> str:
+def _page_layout(client, path: str = "/capacity", search: str = "") -> str:
     out = _callback(
         client,
         ".._pages_content.children..._pages_store.data..",
         [{"id": "_pages_content", "property": "children"}, {"id": "_pages_store", "property": "data"}],
         [
-            {"id": "_pages_location", "property": "pathname", "value": "/capacity"},
-            {"id": "_pages_location", "property": "search", "value": ""},
+            {"id": "_pages_location", "property": "pathname", "value": path},
+            {"id": "_pages_location", "property": "search", "value": search},
         ],
     )
     return json.dumps(out)
@@ -438,3 +438,34 @@ def test_capacity_without_vllm_metrics_or_points_is_a_message(tmp_path, client_f
     body, _ = _capacity_body(client_for(tmp_path / "empty.duckdb"), None, 1)
     assert "Capacity cannot be planned from this store" in body and "no points" in body
     assert "Planned again at" in body  # a failure is retried
+
+
+def test_capacity_and_service_say_which_url_params_they_ignored(app_db, client_for):
+    """A what-if or group-by in the URL the controls cannot take falls back to the default, and the page says
+    which parameter, the value, what it expected and what it shows instead."""
+    client = client_for(app_db, planned=False)
+    app = client.application
+    app.extensions[data.CAPACITY_PLANNER_KEY] = data.CapacityPlanner(app)  # the layout does not wait for it
+
+    def said(path: str, search: str, notice: str) -> list[str]:
+        tree = _page_layout(client, path, search)
+        return (
+            [p["props"]["children"] for p in _component(tree, notice)["children"]] if notice in tree else []
+        )
+
+    assert said("/capacity", "?label=zone&value=t-huge&factor=abc&start=soon", "cap-url-notice") == [
+        "Ignored label='zone' in the URL: expected one of tenant, model, region; showing tenant.",
+        "Ignored value='t-huge' in the URL: expected a tenant of this store: one of t-big, t-small; showing no "
+        "what-if.",
+        "Ignored factor='abc' in the URL: expected a number from 0 to 100; showing x1 (no change).",
+        "Ignored start='soon' in the URL: expected a date, YYYY-MM-DD; showing from now.",
+    ]
+    tree = _page_layout(client, "/capacity", "?label=tenant&value=t-big&factor=500")
+    assert _component(tree, "cap-factor")["value"] == 1.0  # the control shows the default, not "abc" or 500
+    assert "factor='500'" in json.dumps(_component(tree, "cap-url-notice"))
+    assert said("/capacity", "?label=tenant&value=t-big&factor=2&start=2026-05-01", "cap-url-notice") == []
+    assert said("/service/rag-api", "?by=zone", "svc-url-notice") == [
+        "Ignored by='zone' in the URL: expected a label of rag-api's metrics: one of instance, region; "
+        "showing no grouping."
+    ]
+    assert said("/service/rag-api", "?by=region", "svc-url-notice") == []

@@ -133,15 +133,115 @@ def test_explore_histograms_and_aggregations_by_kind(client):
     assert text == "No data for latency_ms for gateway in this time range"
 
 
-def test_explore_says_when_a_pasted_metric_is_unknown(client):
-    page = _callback(
+def _layout(client, path: str, search: str) -> dict:
+    """The page Dash renders for ``path?search`` (the ``_pages_content`` callback, as the browser calls it)."""
+    return _callback(
         client,
         ".._pages_content.children..._pages_store.data..",
         [{"id": "_pages_content", "property": "children"}, {"id": "_pages_store", "property": "data"}],
-        [{"id": "_pages_location", "property": "pathname", "value": "/explore"},
-         {"id": "_pages_location", "property": "search", "value": "?metric=nope_metric"}],
+        [
+            {"id": "_pages_location", "property": "pathname", "value": path},
+            {"id": "_pages_location", "property": "search", "value": search},
+        ],
+    )["_pages_content"]["children"]
+
+
+def _find(tree, component_id: str) -> dict | None:
+    """The props of the component ``component_id`` in a serialised layout."""
+    if isinstance(tree, dict):
+        props = tree.get("props", {})
+        if props.get("id") == component_id:
+            return props
+        tree = list(props.values()) if "props" in tree else list(tree.values())
+    if isinstance(tree, list):
+        for child in tree:
+            if (found := _find(child, component_id)) is not None:
+                return found
+    return None
+
+
+def _notices(client, path: str, search: str, notice_id: str) -> list[str]:
+    """The sentences of a page's notice of ignored URL parameters (none: no notice)."""
+    notice = _find(_layout(client, path, search), notice_id)
+    return [p["props"]["children"] for p in notice["children"]] if notice else []
+
+
+def test_explore_says_which_url_params_it_ignored(client):
+    """A pasted metric, service, group-by or aggregation the page cannot use falls back to the default, and the
+    page says which parameter, the value, what it expected and what it shows instead."""
+    said = _notices(client, "/explore", "?metric=nope_metric", "x-url-notice")
+    assert said == [
+        "Ignored metric='nope_metric' in the URL: expected a metric in this store; showing latency_ms."
+    ]
+    search = "?metric=latency_ms&service=ghost&by=zone&agg=bogus"
+    page = _layout(client, "/explore", search)
+    said = [p["props"]["children"] for p in _find(page, "x-url-notice")["children"]]
+    assert said == [
+        "Ignored service='ghost' in the URL: expected one of gateway, rag-api; showing every service.",
+        "Ignored by='zone' in the URL: expected a label of latency_ms: one of tenant; showing no grouping.",
+        "Ignored agg='bogus' in the URL: expected one of auto, avg, min, max, sum, count, last for latency_ms; "
+        "showing auto.",
+    ]
+    # ...and the controls hold the defaults, so the chart and the URL the page writes are the default ones
+    controls = [_find(page, c)["value"] for c in ("x-service", "x-by", "x-agg")]
+    assert controls == [None, None, "auto"]
+    assert _notices(client, "/explore", "?metric=latency_ms&by=tenant&agg=avg", "x-url-notice") == []
+
+
+def test_incidents_say_which_url_params_they_ignored(client):
+    said = _notices(client, "/incidents", "?status=bogus&severity=sev1&service=rag-api", "il-url-notice")
+    assert said == [
+        "Ignored status='bogus' in the URL: expected one of open, acknowledged, resolved; showing any status.",
+        "Ignored severity='sev1' in the URL: expected one of page, ticket; showing any severity.",
+    ]
+    page = _layout(client, "/incidents", "?status=bogus")
+    assert _find(page, "il-status")["value"] is None  # the list falls back to every status
+    assert _notices(client, "/incidents", "?status=open&severity=page", "il-url-notice") == []
+
+
+def _nav_notice(client, search: str) -> list[str]:
+    """What the nav says above the page of its range params (``rw-url-notice``) for a URL's query."""
+    body = {
+        "output": "..rw-range.value...rw-from.value...rw-to.value...rw-window.children..."
+        + '{"path":["ALL"],"type":"rw-nav"}.href...rw-url-notice.children..',
+        "outputs": [
+            {"id": "rw-range", "property": "value"},
+            {"id": "rw-from", "property": "value"},
+            {"id": "rw-to", "property": "value"},
+            {"id": "rw-window", "property": "children"},
+            [],  # the nav links (none here)
+            {"id": "rw-url-notice", "property": "children"},
+        ],
+        "inputs": [{"id": "rw-url", "property": "search", "value": search}],
+        "state": [[]],
+        "changedPropIds": [],
+    }
+    resp = client.post("/_dash-update-component", data=json.dumps(body), content_type="application/json")
+    assert resp.status_code == 200, resp.data[:500]
+    out = resp.json["response"]
+    return [p["props"]["children"] for p in out["rw-url-notice"]["children"]], out["rw-range"]["value"]
+
+
+def test_the_nav_says_which_range_params_it_ignored(client):
+    assert _nav_notice(client, "?range=nonsense") == (
+        [
+            "Ignored range='nonsense' in the URL: expected one of 1h, 6h, 24h, 3d, 7d, 30d, all (or from= and "
+            "to=); showing Last 24 hours."
+        ],
+        "24h",
     )
-    assert "No metric 'nope_metric' in this store" in json.dumps(page)
+    said, picked = _nav_notice(client, "?from=2026-01-01T03:00&to=2026-01-01T01:00")
+    assert said == [
+        "Ignored from='2026-01-01T03:00' and to='2026-01-01T01:00' in the URL: expected the start before the "
+        "end; showing Last 24 hours."
+    ]
+    assert picked == "24h"
+    said, _ = _nav_notice(client, "?from=yesterday&to=2026-01-01T01:00")
+    assert said == [
+        "Ignored from='yesterday' in the URL: expected a UTC time, YYYY-MM-DDTHH:MM; showing Last 24 hours."
+    ]
+    assert _nav_notice(client, "?range=7d") == ([], "7d")
+    assert _nav_notice(client, "?from=2026-01-01T00:00&to=2026-01-01T01:00") == ([], "custom")
 
 
 def test_explore_label_options_come_from_the_catalog(client):

@@ -133,6 +133,25 @@ def test_range_lives_in_the_url_and_follows_the_nav(server, browser_page):
     _no_dash_errors(page)
 
 
+def test_url_params_the_app_ignores_are_said_on_the_page(server, browser_page, screenshot):
+    """A bad value in the URL falls back to the default, and the page says so above its content."""
+    page = browser_page
+    page.goto(server + "/incidents?status=bogus&range=nonsense")
+    _count(page, "1 incident")  # the defaults: any status, the last 24 hours of data
+    page.wait_for_selector("#rw-url-notice:has-text('nonsense')")
+    assert page.locator("#rw-url-notice").is_visible() and page.locator("#il-url-notice").is_visible()
+    assert "Ignored range='nonsense' in the URL" in page.inner_text("#rw-url-notice")
+    assert "showing Last 24 hours" in page.inner_text("#rw-url-notice")
+    assert "Ignored status='bogus' in the URL" in page.inner_text("#il-url-notice")
+    assert "Last 24 hours" in page.inner_text("#rw-range")
+    screenshot(page, "url-notices.png")
+    _pick(page, "Last 7 days")  # a range picked replaces the bad one: nothing is ignored any more
+    page.wait_for_url("**/incidents?range=7d")
+    page.wait_for_selector("#rw-url-notice", state="hidden")
+    assert page.locator("#il-url-notice").count() == 0
+    _no_dash_errors(page)
+
+
 PAGES = (
     ("overview", "/", "#services-table"),
     ("incidents", "/incidents", "#il-table td"),

@@ -20,7 +20,7 @@ from dash import Input, Output, State, callback, clientside_callback, dash_table
 from dash.development.base_component import Component
 from dash.exceptions import PreventUpdate
 
-from app import data
+from app import data, notices
 from app.capacity import CapacityPlan, Resource, Scenario
 from app.charts import CONFIG, fit_modebar
 from app.report import band_figure, bottom_line, render_html
@@ -42,12 +42,13 @@ def _day(text: str | None) -> datetime | None:
 MAX_FACTOR = 100
 
 
-def _number(text: str | float | None) -> float | str | None:
-    """The URL's factor as a number for the number input (a string there confuses its stepper)."""
+def _factor(text: str | None) -> float | None:
+    """The URL's factor as a number the what-if control takes (0 to :data:`MAX_FACTOR`); ``None`` otherwise."""
     try:
-        return float(text) if text not in (None, "") else None
-    except (TypeError, ValueError):
-        return text
+        f = float(text) if text is not None else math.nan
+    except ValueError:
+        return None
+    return f if 0 <= f <= MAX_FACTOR else None
 
 
 def scenario_from_inputs(
@@ -286,26 +287,43 @@ def _body(scenario: Scenario | None) -> list[Any]:
 
 
 def layout(
-    label: str = "tenant",
+    label: str | None = None,
     value: str | None = None,
-    factor: str = "1",
+    factor: str | None = None,
     start: str | None = None,
     **_query: str,
 ) -> html.Div:
     """The capacity page, drawn from the URL's what-if (the body too: the charts start loading one round trip
-    sooner than if a callback drew it; :func:`_plan` redraws it when a control or the plan changes)."""
+    sooner than if a callback drew it; :func:`_plan` redraws it when a control or the plan changes). What of
+    the what-if the controls cannot take is ignored and said above them (:mod:`app.notices`)."""
     values = data.scenario_values()
     labels = [k for k in data.SCENARIO_LABELS if values.get(k)]
     chosen = label if label in labels else (labels[0] if labels else None)
     options = values.get(chosen, []) if chosen else []
     picked = value if value in options else None
-    day = f"{when:%Y-%m-%d}" if (when := _day(start)) else None
-    scenario = scenario_from_inputs(chosen, picked, factor, day)
+    when = _day(start)
+    day = f"{when:%Y-%m-%d}" if when else None
+    number = _factor(factor)
+    ignored = []
+    if label is not None and label != chosen:
+        ignored.append(notices.ignored({"label": label}, notices.one_of(labels), chosen or "no what-if"))
+    if value is not None and value != picked:
+        expected = f"a {chosen} of this store: {notices.one_of(options)}" if chosen else "no value"
+        ignored.append(notices.ignored({"value": value}, expected, "no what-if"))
+    if factor is not None and number is None:
+        ignored.append(
+            notices.ignored({"factor": factor}, f"a number from 0 to {MAX_FACTOR}", "x1 (no change)")
+        )
+    if start is not None and when is None:
+        ignored.append(notices.ignored({"start": start}, "a date, YYYY-MM-DD", "from now"))
+    factor_shown = 1.0 if number is None else number
+    scenario = scenario_from_inputs(chosen, picked, factor_shown, day)
     snapshot = data.capacity_snapshot()
     waiting = snapshot.state == "computing"
     return html.Div(
         [
             html.H2("Capacity"),
+            notices.url_notice(ignored, "cap-url-notice"),
             html.Div(
                 [
                     html.Span("What-if:", className="control-label"),
@@ -317,7 +335,7 @@ def layout(
                     dcc.Input(
                         id="cap-factor",
                         type="number",
-                        value=_number(factor),
+                        value=factor_shown,
                         min=0,
                         max=MAX_FACTOR,
                         step=0.1,

@@ -11,7 +11,7 @@ import dash
 import plotly.graph_objects as go
 from dash import Input, Output, State, callback, dcc, html
 
-from app import data, timerange
+from app import data, notices, timerange
 from app.charts import CONFIG, fit_modebar
 from ingest.queries import QueryError
 
@@ -22,37 +22,42 @@ def layout(
     metric: str | None = None,
     service: str | None = None,
     by: str | None = None,
-    agg: str = "auto",
+    agg: str | None = None,
     range: str | None = None,  # noqa: A002 (URL key)
     **_query: str,
 ) -> html.Div:
+    """The controls set from the URL; what of it they cannot take is said above them (:mod:`app.notices`)."""
     metrics = data.metric_names()
     asked = metric
     metric = metric if metric in metrics else (metrics[0] if metrics else None)
-    notice = []
-    if asked and asked != metric:  # a pasted link with a metric this store does not have: say so
-        notice = [html.P(f"No metric {asked!r} in this store; showing {metric}.", className="muted notice")]
+    ignored = []
+    if asked and asked != metric:  # a pasted link with a metric this store does not have
+        ignored.append(notices.ignored({"metric": asked}, "a metric in this store", metric or "no metric"))
     # the label options are rendered with the page: a dropdown whose value is not among its options drops it
     labels = data.label_names(metric) if metric else []
     aggs = data.aggs_for(metric)
+    services = data.service_names()
+    if service and service not in services:
+        ignored.append(notices.ignored({"service": service}, notices.one_of(services), "every service"))
+        service = None
+    if by and by not in labels:
+        ignored.append(
+            notices.ignored({"by": by}, f"a label of {metric}: {notices.one_of(labels)}", "no grouping")
+        )
+        by = None
+    if agg and agg not in aggs:
+        ignored.append(notices.ignored({"agg": agg}, f"{notices.one_of(aggs)} for {metric}", "auto"))
+        agg = None
     return html.Div(
         [
             html.H2("Explore"),
-            *notice,
+            notices.url_notice(ignored, "x-url-notice"),
             html.Div(
                 [
-                    dcc.Dropdown(
-                        metrics,
-                        metric or (metrics[0] if metrics else None),
-                        id="x-metric",
-                        placeholder="metric",
-                        clearable=False,
-                    ),
-                    dcc.Dropdown(data.service_names(), service, id="x-service", placeholder="any service"),
-                    dcc.Dropdown(
-                        labels, by if by in labels else None, id="x-by", placeholder="group by label"
-                    ),
-                    dcc.Dropdown(aggs, agg if agg in aggs else "auto", id="x-agg", clearable=False),
+                    dcc.Dropdown(metrics, metric, id="x-metric", placeholder="metric", clearable=False),
+                    dcc.Dropdown(services, service, id="x-service", placeholder="any service"),
+                    dcc.Dropdown(labels, by, id="x-by", placeholder="group by label"),
+                    dcc.Dropdown(aggs, agg or "auto", id="x-agg", clearable=False),
                 ],
                 className="controls x-controls",
             ),

@@ -14,7 +14,7 @@ from urllib.parse import quote, urlencode
 import dash
 from dash import Input, Output, callback, dash_table, dcc, html
 
-from app import data, timerange
+from app import data, notices, timerange
 
 dash.register_page(__name__, path="/incidents", name="Incidents", order=5)
 
@@ -44,8 +44,13 @@ def layout(
     range: str | None = None,  # noqa: A002 (URL key)
     **_query: str,
 ) -> html.Div:
-    """The filter bar (restored from the URL) and the incident table, over the nav's range."""
+    """The filter bar (restored from the URL) and the incident table, over the nav's range; a status or
+    severity the list does not know is ignored, and said to be."""
     services = sorted({str(i["service"]) for i in data.incident_list()} | ({service} if service else set()))
+    ignored = []
+    for name, value, allowed in (("status", status, STATUSES), ("severity", severity, SEVERITIES)):
+        if value is not None and value not in allowed:
+            ignored.append(notices.ignored({name: value}, notices.one_of(allowed), f"any {name}"))
     return html.Div(
         [
             html.H2("Incidents"),
@@ -53,6 +58,7 @@ def layout(
                 "All times UTC. Most severe first, then most recent; incidents active in the range picked above.",
                 className="tz-note",
             ),
+            notices.url_notice(ignored, "il-url-notice"),
             html.Div(
                 [
                     dcc.Dropdown(services, service, id="il-service", placeholder="any service"),

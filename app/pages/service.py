@@ -18,7 +18,7 @@ import plotly.io as pio
 import polars as pl
 from dash import ALL, MATCH, Input, Output, State, callback, dcc, html
 
-from app import data, timerange
+from app import data, notices, timerange
 from app.charts import CONFIG, fit_modebar
 from ingest.queries import QueryError
 
@@ -142,8 +142,17 @@ def layout(
     labels = {p.key: data.service_metric_labels(m, name) for p, m in panels} if name else {}
     every = sorted({label for values in labels.values() for label in values})
     window = _window(rng) if name and known else None
+    ignored = []
+    if by and known and by not in every:
+        ignored.append(
+            notices.ignored(
+                {"by": by}, f"a label of {name}'s metrics: {notices.one_of(every)}", "no grouping"
+            )
+        )
+        by = None
     header = [
         html.H2(["Service ", html.Span(name or "", className="svc-name")]),
+        notices.url_notice(ignored, "svc-url-notice"),
         html.Div(
             [
                 dcc.Dropdown(services, name, id="svc-picker", placeholder="pick a service", clearable=False),
