@@ -210,6 +210,7 @@ def match_incidents(
         if datetime.fromisoformat(d["start"]) >= evaluate_from and (not pages_only or d["severity"] == "page")
     ]
     hit_delay: dict[int, float] = {}
+    matched: dict[int, list[dict[str, Any]]] = {}
     false = []
     for d in det:
         starts = [datetime.fromisoformat(x) for x in d.get("alarm_starts") or [d["start"]]]
@@ -224,6 +225,8 @@ def match_incidents(
         for i, s in inside:
             delay = (s - lab[i][0]).total_seconds() / 60
             hit_delay[i] = min(hit_delay.get(i, delay), delay)
+            if d not in matched.setdefault(i, []):
+                matched[i].append(d)
     tp_alarms = len(det) - len(false)
     missed = [lab[i][2]["kind"] + "@" + lab[i][2]["start"] for i in range(len(lab)) if i not in hit_delay]
     return {
@@ -240,6 +243,29 @@ def match_incidents(
             f"{d['service']}/{d['metric']}@{d['start']} (z {float(d.get('peak') or 0):.1f})" for d in false
         ],
         "by_kind": _by_kind(lab, hit_delay),
+        **_recovery(lab, matched),
+    }
+
+
+def _recovery(
+    lab: list[tuple[datetime, datetime, dict[str, Any]]], matched: dict[int, list[dict[str, Any]]]
+) -> dict[str, Any]:
+    """How long after a detected incident's labelled end its alarms went on: per labelled incident, the last
+    anomalous point (``end``) of the detected incidents that found it, minus the labelled end, in minutes (the
+    incident resolves ``resolve_after`` quiet points later). Negative when the alarms stopped before the labelled
+    end (a leak's OOM kill ends the symptom). Labelled incidents whose incident was still open when the data
+    ended are counted apart (``still_open``), not in the lags."""
+    lags, still_open = [], 0
+    for i, found in sorted(matched.items()):
+        if any(d["status"] != "resolved" for d in found):
+            still_open += 1
+            continue
+        end = max(datetime.fromisoformat(d["end"]) for d in found)
+        lags.append((end - lab[i][1]).total_seconds() / 60)
+    return {
+        "recovery_lag_median_min": round(float(np.median(lags)), 1) if lags else None,
+        "recovery_lag_p90_min": round(float(np.quantile(lags, 0.9)), 1) if lags else None,
+        "still_open": still_open,
     }
 
 

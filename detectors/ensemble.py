@@ -103,6 +103,7 @@ class EnsembleDetector(Detector):
         probe: int = 60,
         hold: int = 60,
         infer_counters: bool = True,
+        mean_gate: tuple[int, float] | None = (10, 2.0),
         threshold: Threshold | None = None,
         seed: int = 0,
     ) -> None:
@@ -112,6 +113,7 @@ class EnsembleDetector(Detector):
         self.probe = probe
         self.hold = hold
         self.infer_counters = infer_counters
+        self.mean_gate = mean_gate
 
     def _members(self) -> tuple[StreamingDetector, StlResidualDetector]:
         # fleet use: every anomalous point scores (no onset-only suppression), the alarm rule decides pages;
@@ -123,6 +125,7 @@ class EnsembleDetector(Detector):
             calibration_cap=200.0,
             holds={"level": (self.hold, 5.0)},
             channels=("level", "mean"),
+            mean_gate=self.mean_gate,
             threshold=self.threshold,
         )
         # a 30-minute grid is plenty for a daily shape and makes each STL fit ~4x cheaper than 15 minutes

@@ -69,6 +69,7 @@ converts the tail states kept by earlier versions. Warm-ups count from the start
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -612,10 +613,12 @@ class StreamingDetector(Detector):
         calibration_cap: float | None = None,
         holds: dict[str, tuple[int, float]] | None = None,
         weights: dict[str, float] | None = None,
+        mean_gate: tuple[int, float] | None = None,
         threshold: Threshold | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__(threshold=threshold, seed=seed)
+        self.mean_gate = (int(mean_gate[0]), float(mean_gate[1])) if mean_gate else None
         self.calibration_cap = calibration_cap
         self.holds = {
             k: (int(v[0]), float(v[1])) for k, v in (DEFAULT_HOLDS if holds is None else holds).items()
@@ -773,9 +776,7 @@ class StreamingDetector(Detector):
         if "mean" in self.channels:
             # sustained shift: the mean of the last k points against the trailing median, in standard-error
             # units (a small shift held for a while is as surprising as one big spike)
-            for k in self.means:
-                m = trailing_mean(y, k)
-                surprises.append(np.abs(m - med) / scale * np.sqrt(k) / 3.0)
+            surprises.extend(self._mean_surprises(lambda k: trailing_mean(y, k), med, scale))
         if "median" in self.channels:
             # the same against the median of the last k points: a held shift in a spiky series, where the
             # spikes swamp the recent mean and the mean channel's own calibration history
@@ -814,9 +815,11 @@ class StreamingDetector(Detector):
             d = _window_stats(dy, n, self.window, mp, (0.5, 0.25, 0.75))
             surprises.append(_robust_from_quantiles(dy[size - n :], res, *d)[0])
         if "mean" in self.channels:
-            for k in self.means:
-                m = trailing_mean(a[max(0, size - n - k + 1) :], k)[-n:]
-                surprises.append(np.abs(m - med) / scale * np.sqrt(k) / 3.0)
+            surprises.extend(
+                self._mean_surprises(
+                    lambda k: trailing_mean(a[max(0, size - n - k + 1) :], k)[-n:], med, scale
+                )
+            )
         if "median" in self.channels:
             for k in self.medians:
                 mk = _window_stats(np.r_[a, 0.0], n, k, 1, (0.5,))[0]
@@ -833,6 +836,24 @@ class StreamingDetector(Detector):
             raw = _pattern_at(a, scale, n, width=self.pattern_width, memory=self.pattern_memory)
             surprises.append(self._pattern_valid(raw, first + np.arange(size - n, size)))
         return surprises, self._starts(), med, scale
+
+    def _mean_surprises(
+        self, mean_of: Callable[[int], np.ndarray], med: np.ndarray, scale: np.ndarray
+    ) -> list[np.ndarray]:
+        """The ``"mean"`` channel's raw scores, one per length in ``means`` (``mean_of(k)``: the mean of the last
+        ``k`` points at each scored point): the distance of the recent mean from the trailing median in standard
+        errors. With ``mean_gate = (g, f)``, a longer mean counts only as far as the last ``g`` points still show
+        the shift: its distance is at most ``f`` times theirs, and 0 when they lie on the other side."""
+        gate = getattr(self, "mean_gate", None)
+        recent = mean_of(gate[0]) - med if gate else None
+        out = []
+        for k in self.means:
+            shift = mean_of(k) - med
+            dev = np.abs(shift)
+            if recent is not None and k > gate[0]:
+                dev = np.where(shift * recent > 0, np.minimum(dev, gate[1] * np.abs(recent)), 0.0)
+            out.append(dev / scale * np.sqrt(k) / 3.0)
+        return out
 
     def _holds(self) -> list[tuple[int, float]]:
         # per raw channel: its calibration hold (points, z); (0, z) holds nothing

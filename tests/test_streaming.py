@@ -327,7 +327,12 @@ _SMALL = dict(window=100, long=400, min_history=50, suppress=30, means=(5, 20))
 #: pinned: the series' length, hence what it holds, follows the detector's state length) and a weighted one
 _INCREMENTAL = {
     "ensemble": dict(
-        suppress=0, long=1440, calibration_cap=200.0, holds={"level": (60, 5.0)}, channels=("level", "mean")
+        suppress=0,
+        long=1440,
+        calibration_cap=200.0,
+        holds={"level": (60, 5.0)},
+        channels=("level", "mean"),
+        mean_gate=(10, 2.0),
     ),
     "small": dict(_SMALL, channels=("level", "change", "mean"), weights={}),
     "weighted": dict(
@@ -760,3 +765,42 @@ def test_weighted_bonferroni_is_calibrated_and_equal_weights_change_nothing() ->
     zs = [np.array([4.0, 1.0]), np.array([1.0, 4.0])]
     expected = z_of_tail(np.array([1.25 * tail_of_z(4.0), 1.25 / 0.25 * tail_of_z(4.0)]))
     np.testing.assert_allclose(det._combine(zs), expected, rtol=1e-12)
+
+
+def test_ensemble_member_settings_are_the_ones_tested_incrementally() -> None:
+    from detectors.ensemble import EnsembleDetector
+
+    stream = EnsembleDetector()._members()[0]
+    expected = StreamingDetector(**_INCREMENTAL["ensemble"])
+    assert vars(stream) == vars(expected)
+
+
+def _after_shift(mean_gate: tuple[int, float] | None, delta: float, length: int) -> tuple[np.ndarray, int]:
+    rng = np.random.default_rng(3)
+    y = 100 + rng.normal(0, 1, 4000)
+    y[3000 : 3000 + length] += delta
+    det = StreamingDetector(**{**_INCREMENTAL["ensemble"], "mean_gate": mean_gate})
+    return det.score_online(_frame(y))["score"].to_numpy(), 3000 + length
+
+
+def test_mean_gate_ends_the_alarm_when_a_large_shift_ends() -> None:
+    """Latency five times its usual level for 20 minutes: the hour-long mean holds that for the next 40
+    minutes, far above its calibration's (winsorised) tail, and kept the score above the resolve bar (z 3) for
+    most of that hour. With the gate, the longer mean counts only as far as the last 10 points still show the
+    shift, so the score is back under 3 within those 10 points; the shift itself scores as before."""
+    ungated, end = _after_shift(None, 1000.0, 20)
+    gated, _ = _after_shift((10, 2.0), 1000.0, 20)
+    assert ungated[end - 20 : end].max() >= 30 and gated[end - 20 : end].max() >= 30
+    assert (ungated[end + 30 : end + 60] >= 3).sum() >= 10  # what the gate fixes
+    assert (gated[end + 10 :] < 3).all()
+
+
+@pytest.mark.parametrize("delta", [3.0, 10.0])
+def test_mean_gate_keeps_a_sustained_shift_as_visible(delta: float) -> None:
+    """A shift of 3 or 10 standard deviations held for two hours: the last 10 points keep showing it, so the
+    gate passes the longer mean on: the same peak, and at least 90 % of the points above the resolve bar."""
+    ungated, end = _after_shift(None, delta, 120)
+    gated, _ = _after_shift((10, 2.0), delta, 120)
+    during, during_gated = ungated[end - 120 : end], gated[end - 120 : end]
+    assert during.max() >= 4 and during_gated.max() == pytest.approx(during.max())
+    assert (during_gated >= 3).sum() >= 0.9 * (during >= 3).sum() > 0
