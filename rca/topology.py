@@ -246,6 +246,17 @@ def _shift(
     )
 
 
+def _call_weighted(ops: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
+    """Per ``keys``: the operations' shifts (rises only) weighted by their window calls, with the operation that
+    shifted most as ``detail`` and its baseline and window medians."""
+    return ops.group_by(keys).agg(
+        ((pl.col("z").clip(0.0) * pl.col("n_win")).sum() / pl.col("n_win").sum()).alias("z"),
+        pl.col("name").sort_by("z", "name").last().alias("detail"),
+        pl.col("base").sort_by("z", "name").last(),
+        pl.col("window").sort_by("z", "name").last(),
+    )
+
+
 @dataclass(frozen=True)
 class TopologyAnalyser:
     """Rank services by their own anomaly at the onset, dependencies whose trouble started first above callers.
@@ -284,6 +295,13 @@ class TopologyAnalyser:
         Services whose strongest ``z`` stays below this are healthy (ruled out, score 0).
     symptom_weight
         Weight of symptom signals (served latency, errors, served quality) against own signals.
+    min_instance_calls
+        A service's own time is also compared per instance (``service.instance.id``, else ``host.name``, of the
+        span's resource) for operations with this many calls of the instance in both the baseline and the window;
+        the worst instance speaks for the service when it shifted more than the pooled calls. One region's
+        dependency slowing down moves a third of a three-region service's calls: pooled, the median hardly moves.
+        With at least 10 calls on each side the median of noise moves a few tenths of a spread, so the worst of a
+        handful of instances is not a false alarm.
     metric_scale
         Spread of a metric's baseline: ``"jitter"`` (1.4826 MAD of point-to-point differences / sqrt 2, which an
         earlier incident inside the baseline barely moves), ``"iqr"`` (IQR / 1.349, BARO) or ``"min"`` of both.
@@ -330,6 +348,7 @@ class TopologyAnalyser:
     healthy_below: float = 3.0
     symptom_weight: float = 0.2
     metric_scale: Literal["jitter", "iqr", "min"] = "jitter"
+    min_instance_calls: int = 10
 
     name: ClassVar[str] = "topology"
 
@@ -389,18 +408,18 @@ class TopologyAnalyser:
             self.min_spread_ms,
         )
         if not ops.is_empty():
-            per_service = ops.group_by("service").agg(
-                ((pl.col("z").clip(0.0) * pl.col("n_win")).sum() / pl.col("n_win").sum()).alias("z"),
-                pl.col("name").sort_by("z", "name").last().alias("detail"),
-                pl.col("base").sort_by("z", "name").last(),
-                pl.col("window").sort_by("z", "name").last(),
-            )
+            per_service = _call_weighted(ops, ["service"])
             onsets = self._span_onsets(own, ops, ["service", "name"], "exclusive", onset)
-            out.append(
-                per_service.join(onsets, on="service", how="left").with_columns(
-                    pl.lit("self_time").alias("signal")
+            per_service = per_service.join(onsets, on="service", how="left")
+            worst = self._worst_instance(own, onset)
+            if not worst.is_empty():
+                # the worst instance where it shifted more than all calls together
+                per_service = (
+                    pl.concat([per_service, worst], how="diagonal")
+                    .sort("z", descending=True)
+                    .unique("service", keep="first", maintain_order=True)
                 )
-            )
+            out.append(per_service.with_columns(pl.lit("self_time").alias("signal")))
         calls = sp.filter(pl.col("caller").is_not_null() & (pl.col("caller") != pl.col("service")))
         calls = calls.with_columns((pl.col("parent_duration") - pl.col("duration")).clip(0.0).alias("gap"))
         edges = _shift(
@@ -426,12 +445,7 @@ class TopologyAnalyser:
             self.min_spread_ms,
         )
         if not served.is_empty():
-            per_service = served.group_by("service").agg(
-                ((pl.col("z").clip(0.0) * pl.col("n_win")).sum() / pl.col("n_win").sum()).alias("z"),
-                pl.col("name").sort_by("z", "name").last().alias("detail"),
-                pl.col("base").sort_by("z", "name").last(),
-                pl.col("window").sort_by("z", "name").last(),
-            )
+            per_service = _call_weighted(served, ["service"])
             onsets = self._span_onsets(entries, served, ["service", "name"], "duration", onset)
             out.append(
                 per_service.join(onsets, on="service", how="left").with_columns(
@@ -441,6 +455,34 @@ class TopologyAnalyser:
         if "status" in entries.columns and (entries["status"] == "error").any():
             out.append(self._errors(entries))
         return (pl.concat(out, how="diagonal") if out else pl.DataFrame()), edge_rows
+
+    def _worst_instance(self, own: pl.DataFrame, onset: datetime) -> pl.DataFrame:
+        """Per service with several instances: its own-time shift on the instance that shifted most (call-weighted
+        over that instance's operations, see ``min_instance_calls``), the instance named in ``detail``."""
+        if "resource" not in own.columns:
+            return pl.DataFrame()
+        inst = pl.coalesce(
+            _label(pl.col("resource"), "service.instance.id"), _label(pl.col("resource"), "host.name")
+        )
+        own = own.with_columns(inst.alias("_inst")).filter(pl.col("_inst").is_not_null())
+        several = own.group_by("service").agg(pl.col("_inst").n_unique().alias("_n")).filter(pl.col("_n") > 1)
+        own = own.join(several.select("service"), on="service")
+        if own.is_empty():
+            return pl.DataFrame()
+        keys = ["service", "_inst", "name"]
+        n = self.min_instance_calls
+        ops = _shift(own, keys, "exclusive", self.relative_floor, n, n, self.min_spread_ms)
+        if ops.is_empty():
+            return pl.DataFrame()
+        per_instance = _call_weighted(ops, ["service", "_inst"]).join(
+            self._span_onsets(own, ops, keys, "exclusive", onset), on=["service", "_inst"], how="left"
+        )
+        return (
+            per_instance.sort("z", "_inst", descending=[True, False])
+            .unique("service", keep="first", maintain_order=True)
+            .with_columns(pl.format("{} on {}", pl.col("detail"), pl.col("_inst")).alias("detail"))
+            .drop("_inst")
+        )
 
     def _network_in(self, edges: pl.DataFrame, signals: pl.DataFrame) -> pl.DataFrame:
         """Per callee: median shift of the gaps of its incoming calls (``network_in``).
@@ -515,9 +557,10 @@ class TopologyAnalyser:
     def _span_onsets(
         self, frame: pl.DataFrame, stats_: pl.DataFrame, keys: list[str], value: str, onset: datetime
     ) -> pl.DataFrame:
-        """First bucket (from ``onset - bucket``) where the median per-call shift reaches ``z_onset``, per service
-        (or per edge when ``keys`` starts with ``caller``)."""
-        owner = keys if keys[0] == "caller" else ["service"]
+        """First bucket (from ``onset - bucket``) where the median per-call shift reaches ``z_onset``, per ``keys``
+        but the last (the operation: per service, or per service and instance), or per edge when ``keys`` starts
+        with ``caller``."""
+        owner = keys if keys[0] == "caller" else keys[:-1]
         z = (
             frame.filter(pl.col("start") >= onset - self.bucket)
             .join(stats_.select(*keys, "base", "spread"), on=keys)

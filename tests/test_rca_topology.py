@@ -222,3 +222,47 @@ def test_nothing_to_rank() -> None:
     assert result.candidates == () and "no services in spans, edges or metrics" in result.notes
     with pytest.raises(ValueError, match="metric_scale"):
         TopologyAnalyser(metric_scale="peak")  # type: ignore[arg-type]
+
+
+def _with_db_instances(spans: pl.DataFrame, slow: str | None, extra: float = 40.0) -> pl.DataFrame:
+    """Requests spread over three db instances (``db-0`` .. ``db-2``, round robin); the calls that ``slow`` serves
+    from the onset take ``extra`` ms longer, and so do the api and web spans waiting for them."""
+    trace = pl.col("trace_id").rank("dense").cast(pl.Int64) - 1  # one request per trace, in time order
+    spans = spans.with_columns(pl.format("db-{}", trace % 3).alias("_db"))
+    hit = (pl.col("_db") == (slow or "")) & (pl.col("start") >= ONSET)
+    waits = pl.col("span_id").is_in(["d1", "a2", "a1", "w2", "w1"])
+    resource = pl.when(pl.col("service") == "db").then(
+        pl.concat_list(pl.struct(pl.lit("service.instance.id").alias("key"), pl.col("_db").alias("value")))
+    )
+    return spans.with_columns(
+        pl.when(hit & waits).then(pl.col("duration") + extra).otherwise(pl.col("duration")).alias("duration"),
+        resource.alias("resource"),
+    ).drop("_db")
+
+
+def test_one_slow_instance_of_three_is_found_where_pooled_calls_hide_it() -> None:
+    """One of three db instances (a region's vector DB) slows down: a third of db's calls, so db's median call —
+    and its callers' — hardly moves. Compared per instance, db's own time on db-2 shifted; db ranks first and
+    its callers merely suffer. Pooled (per-instance comparison off), db was not even anomalous."""
+    spans = _with_db_instances(_calls(), slow="db-2")
+    view = FrameView(spans=spans)
+    result = TopologyAnalyser(use_metrics=False).explain(INCIDENT, view)
+    top = result.ranked()[0]
+    assert top.service == "db" and top.evidence["status"] == "anomalous"
+    assert top.evidence["signals"]["self_time"]["z"] > 10
+    assert "SELECT items on db-2" in top.explanation
+    onset = datetime.fromisoformat(top.evidence["onset"])
+    assert ONSET - timedelta(seconds=10) <= onset <= ONSET + timedelta(seconds=20)
+    by = _by_service(result)
+    for caller in ("api", "web"):
+        assert by[caller].evidence["status"] != "anomalous" or by[caller].evidence["explained_by"] == "db"
+        assert by[caller].score < top.score / 2
+    pooled = TopologyAnalyser(use_metrics=False, min_instance_calls=10**6).explain(INCIDENT, view)
+    assert _by_service(pooled)["db"].evidence["status"] == "healthy"
+
+
+def test_per_instance_comparison_does_not_flag_healthy_instances() -> None:
+    """Three healthy db instances: the worst of them is no anomaly (every service healthy as before)."""
+    view = FrameView(spans=_with_db_instances(_calls(), slow=None))
+    result = TopologyAnalyser(use_metrics=False).explain(INCIDENT, view)
+    assert all(c.evidence["status"] == "healthy" for c in result.candidates)
