@@ -248,3 +248,13 @@ def test_explore_label_options_come_from_the_catalog(client):
     out = _callback(client, "x-by.options", {"id": "x-by", "property": "options"},
                     [{"id": "x-metric", "property": "value", "value": "latency_ms"}])
     assert out["x-by"]["options"] == ["tenant"]
+
+
+def test_explore_shows_telemetry_text_as_text(client):
+    """A metric name with markup (a pasted URL, a hostile label) reaches the chart's title and message as text,
+    not as the HTML subset Plotly renders there."""
+    fig = _explore(client, "<b>boom</b>", "avg")["x-graph"]["figure"]
+    title = fig["layout"]["title"]["text"]
+    said = " ".join(a["text"] for a in fig["layout"]["annotations"])
+    assert "&lt;b&gt;boom&lt;/b&gt;" in title and "<b>" not in title
+    assert "&lt;b&gt;boom&lt;/b&gt;" in said and "<b>" not in said
