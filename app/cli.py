@@ -1191,7 +1191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except CliError as exc:
-        print(f"rootwise: error: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines() or [""]:  # a config with several problems: one line each
+            print(f"rootwise: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

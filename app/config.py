@@ -17,7 +17,12 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class ConfigError(ValueError):
-    """A configuration problem; the message names the file, the key and what was expected."""
+    """A configuration problem; the message names the file, the key and what was expected. ``problems`` lists
+    each one when a file has several (the message is then one per line)."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = list(problems) if problems else [message]
 
 
 @dataclass(frozen=True)
@@ -108,15 +113,29 @@ def _known(table: dict[str, Any], keys: frozenset[str], where: str, what: str = 
     """A misspelt key is an error, not a silently ignored setting (``tokn`` would leave the API open)."""
     unknown = sorted(set(table) - keys)
     if unknown:
+        named = ", ".join(repr(k) for k in unknown)
+        plural = "s" if len(unknown) > 1 else ""
         raise ConfigError(
-            f"{where}: unknown {what} {unknown[0]!r}; expected one of {', '.join(sorted(keys))}"
+            f"{where}: unknown {what}{plural} {named}; expected one of {', '.join(sorted(keys))}"
         )
 
 
 def load_config(path: str | Path | None) -> Config:
-    """Load and validate a config file; ``None`` gives the defaults."""
+    """Load and validate a config file; ``None`` gives the defaults. Every problem of the server, ingest and
+    scrape settings is reported at once (:class:`ConfigError`'s ``problems``), not only the first."""
     if path is None:
         return Config()
+    config, problems = parse_config(path)
+    if problems:
+        raise ConfigError("\n".join(problems), problems)
+    return config
+
+
+def parse_config(path: str | Path) -> tuple[Config, list[str]]:
+    """The config of ``path`` and the problems of its server, ingest and scrape settings (a setting with a problem
+    keeps its default, so the other tables in ``extra`` can still be checked: ``rootwise config check``).
+
+    Raises :class:`ConfigError` when the file itself cannot be read as TOML."""
     p = Path(path)
     try:
         raw = tomllib.loads(p.read_text(encoding="utf-8"))
@@ -129,48 +148,79 @@ def load_config(path: str | Path | None) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: not valid TOML: {exc}") from exc
     where = str(p)
-    _known(raw, TABLES, where, "table")
-    server = _expect(raw, "server", dict, where, {})
-    ingest = _expect(raw, "ingest", dict, where, {})
-    _known(server, _SERVER_KEYS, f"{where}: server")
-    _known(ingest, _INGEST_KEYS, f"{where}: ingest")
+    problems: list[str] = []
+
+    def checked(check: Any, *args: Any, default: Any = None) -> Any:
+        try:
+            return check(*args)
+        except ConfigError as exc:
+            problems.append(str(exc))
+            return default
+
+    checked(_known, raw, TABLES, where, "table")
+    server = checked(_expect, raw, "server", dict, where, {}, default={})
+    ingest = checked(_expect, raw, "ingest", dict, where, {}, default={})
+    checked(_known, server, _SERVER_KEYS, f"{where}: server")
+    checked(_known, ingest, _INGEST_KEYS, f"{where}: ingest")
+    token = checked(_token, server, where)
+    scrapes = [
+        s
+        for i, item in enumerate(checked(_expect, raw, "scrape", list, where, [], default=[]))
+        if (s := checked(_scrape, item, f"{where}: scrape[{i}]")) is not None
+    ]
+    max_body = checked(_max_body, ingest, where, default=16 * 1024 * 1024)
+    tenant = checked(
+        _expect,
+        ingest,
+        "tenant_attribute",
+        str,
+        f"{where}: ingest",
+        "rootwise.tenant.id",
+        default="rootwise.tenant.id",
+    )
+    extra = {k: v for k, v in raw.items() if k not in {"server", "ingest", "scrape"}}
+    config = Config(
+        path=str(p),
+        token=token,
+        tenant_attribute=tenant,
+        max_body_bytes=max_body,
+        scrape=tuple(scrapes),
+        extra=extra,
+    )
+    return config, problems
+
+
+def _token(server: dict[str, Any], where: str) -> Secret | None:
     token_raw = _expect(server, "token", str, f"{where}: server", None)
     if token_raw is not None and not _ENV_REF.search(token_raw):
         # DESIGN.md: secrets live in the environment, not in the file (the value itself is never echoed)
         raise ConfigError(
             f'{where}: server.token: write secrets as "${{ENV_VAR}}" references, not inline values'
         )
-    token = Secret(_resolve(token_raw, f"{where}: server.token")) if token_raw else None
-    scrapes = []
-    for i, item in enumerate(_expect(raw, "scrape", list, where, [])):
-        w = f"{where}: scrape[{i}]"
-        if not isinstance(item, dict) or "url" not in item:
-            raise ConfigError(f'{w}: expected a table with at least url = "http://host:port/metrics"')
-        _known(item, _SCRAPE_KEYS, w)
-        url = _expect(item, "url", str, w, "")
-        if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"{w}.url: expected an http(s) URL, got {url!r}")
-        labels = _expect(item, "labels", dict, w, {})
-        interval = float(_expect(item, "interval_s", (int, float), w, 15.0))
-        if not interval > 0 or interval == float("inf"):
-            raise ConfigError(f"{w}.interval_s: expected a positive number of seconds, got {interval:g}")
-        scrapes.append(
-            ScrapeConfig(
-                url=url,
-                service=_expect(item, "service", str, w, None),
-                interval_s=interval,
-                labels={str(k): str(v) for k, v in labels.items()},
-            )
-        )
+    return Secret(_resolve(token_raw, f"{where}: server.token")) if token_raw else None
+
+
+def _scrape(item: Any, w: str) -> ScrapeConfig:
+    if not isinstance(item, dict) or "url" not in item:
+        raise ConfigError(f'{w}: expected a table with at least url = "http://host:port/metrics"')
+    _known(item, _SCRAPE_KEYS, w)
+    url = _expect(item, "url", str, w, "")
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"{w}.url: expected an http(s) URL, got {url!r}")
+    labels = _expect(item, "labels", dict, w, {})
+    interval = float(_expect(item, "interval_s", (int, float), w, 15.0))
+    if not interval > 0 or interval == float("inf"):
+        raise ConfigError(f"{w}.interval_s: expected a positive number of seconds, got {interval:g}")
+    return ScrapeConfig(
+        url=url,
+        service=_expect(item, "service", str, w, None),
+        interval_s=interval,
+        labels={str(k): str(v) for k, v in labels.items()},
+    )
+
+
+def _max_body(ingest: dict[str, Any], where: str) -> int:
     max_body = _expect(ingest, "max_body_bytes", int, f"{where}: ingest", 16 * 1024 * 1024)
     if max_body <= 0:
         raise ConfigError(f"{where}: ingest.max_body_bytes: expected a positive integer, got {max_body}")
-    extra = {k: v for k, v in raw.items() if k not in {"server", "ingest", "scrape"}}
-    return Config(
-        path=str(p),
-        token=token,
-        tenant_attribute=_expect(ingest, "tenant_attribute", str, f"{where}: ingest", "rootwise.tenant.id"),
-        max_body_bytes=max_body,
-        scrape=tuple(scrapes),
-        extra=extra,
-    )
+    return max_body

@@ -11,7 +11,7 @@ import pytest
 
 from app.alerts.config import AlertConfigError, RouteConfig, alerting_from_config, parse_duration
 from app.cli import main
-from app.config import Secret
+from app.config import ConfigError, Secret, load_config
 
 PD_KEY = "pdkey-0123456789abcdef0123456789ab"
 OG_KEY = "og-11111111-2222-3333-4444-555555555555"
@@ -235,6 +235,36 @@ def test_config_check_bad_file_lists_every_error(
     assert any("routes[2].receiver: no receiver named 'ghost'" in e for e in err)
     assert all(e.startswith(f"rootwise: error: {path}: ") for e in err)
     assert not any(s in "\n".join(err) for s in (PD_KEY, OG_KEY, WH_SECRET, SLACK_URL))
+
+
+def test_config_check_lists_server_ingest_and_scrape_errors_with_the_rest(
+    env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A problem in the server, ingest or scrape settings no longer hides the others, nor those of the other
+    tables: ``config check`` names each (it stopped at the first, and checked nothing else)."""
+    path = tmp_path / "bad.toml"
+    path.write_text(
+        "[ingest]\nmax_body_bytes = 0\n\n"
+        '[[scrape]]\nurl = "localhost:9100/metrics"\n\n[[scrape]]\nurl = "http://127.0.0.1:9100/metrics"\n'
+        "interval_s = 0\n\n[sever]\n\n"
+        + GOOD.replace('token = "${RW_TOKEN}"', 'tokn = "${RW_TOKEN}"')
+        + '\n[[routes]]\nreceiver = "ghost"\n'
+    )
+    assert main(["config", "check", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    for problem in (
+        "unknown table 'sever'",
+        "server: unknown key 'tokn'",
+        "ingest.max_body_bytes: expected a positive integer, got 0",
+        "scrape[0].url: expected an http(s) URL",
+        "scrape[1].interval_s: expected a positive number of seconds",
+        "routes[2].receiver: no receiver named 'ghost'",
+    ):
+        assert sum(problem in e for e in err) == 1, problem
+    assert all(e.startswith(f"rootwise: error: {path}: ") for e in err)
+    with pytest.raises(ConfigError) as exc:  # serve refuses the file with every problem, one per line
+        load_config(path)
+    assert len(exc.value.problems) == 5 and str(exc.value).count("\n") == 4
 
 
 def test_config_check_missing_and_invalid_toml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

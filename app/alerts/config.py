@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from app.config import ConfigError, Secret, _resolve, load_config
+from app.config import ConfigError, Secret, _resolve, parse_config
 
 RECEIVER_TYPES = ("pagerduty", "slack", "opsgenie", "webhook")
 
@@ -524,9 +524,10 @@ def check_config(path: str | Path) -> tuple[list[str], dict[str, int]]:
     from detectors.burn_rate import SloConfigError, slos_from_config
 
     try:
-        config = load_config(path)
-    except ConfigError as exc:
+        config, problems = parse_config(path)
+    except ConfigError as exc:  # the file itself: not found, not TOML
         return [str(exc)], {}
+    # every problem at once: those of server/ingest/scrape (already naming the file), then the other tables'
     errors: list[str] = []
     counts = {"scrape": len(config.scrape)}
     try:
@@ -562,4 +563,4 @@ def check_config(path: str | Path) -> tuple[list[str], dict[str, int]]:
             errors.extend(report_receiver_errors(schedule, alerting))
     except AlertConfigError as exc:
         errors.extend(exc.errors)
-    return [f"{config.path}: {e}" for e in errors], counts
+    return [*problems, *(f"{config.path}: {e}" for e in errors)], counts
