@@ -13,6 +13,7 @@ A page builds its figure, passes it through :func:`fit_modebar` once, and gives 
 
 from __future__ import annotations
 
+import html
 from typing import Any, TypeVar
 
 import plotly.graph_objects as go
@@ -76,3 +77,15 @@ def fit_modebar(figure: Figure) -> Figure:
     for key, value in changes.items():
         layout[key] = {**layout.get(key, {}), **value}
     return figure
+
+
+def plot_text(text: Any) -> str:
+    """Telemetry text (metric, service and label values, messages naming them) for a Plotly title, legend, label or
+    annotation: entity-escaped, because Plotly reads ``<b>``, ``<a href>`` ... in them.
+
+    Examples
+    --------
+    >>> plot_text("tenant=<b>t-1</b> & co")
+    'tenant=&lt;b&gt;t-1&lt;/b&gt; &amp; co'
+    """
+    return html.escape(str(text), quote=False)

@@ -5,7 +5,6 @@ The time range is the nav's (:mod:`app.timerange`); the page keeps it in its own
 
 from __future__ import annotations
 
-import html as html_text
 from urllib.parse import urlencode
 
 import dash
@@ -13,7 +12,7 @@ import plotly.graph_objects as go
 from dash import Input, Output, State, callback, dcc, html
 
 from app import data, notices, timerange
-from app.charts import CONFIG, fit_modebar
+from app.charts import CONFIG, fit_modebar, plot_text
 from ingest.queries import QueryError
 
 dash.register_page(__name__, path="/explore", name="Explore", order=10)
@@ -90,22 +89,10 @@ def _agg_options(metric: str | None, agg: str | None) -> tuple[list[str], str]:
     return aggs, agg if agg in aggs else "auto"
 
 
-def _text(text: str) -> str:
-    """Telemetry text (metric, service and label values, error messages naming them) for a Plotly title, legend
-    or annotation, which read a subset of HTML: as text.
-
-    Examples
-    --------
-    >>> _text("tenant=<b>t-1</b> & co")
-    'tenant=&lt;b&gt;t-1&lt;/b&gt; &amp; co'
-    """
-    return html_text.escape(text, quote=False)
-
-
 def _message(fig: go.Figure, text: str) -> go.Figure:
     """The chart says why it is empty instead of drawing empty axes."""
     fig.add_annotation(
-        text=_text(text), x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False, font={"size": 15}
+        text=plot_text(text), x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False, font={"size": 15}
     )
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
@@ -147,7 +134,7 @@ def _figure(
     query = {k: v for k, v in {"metric": metric, "service": service, "by": by, "agg": agg}.items() if v}
     search = "?" + urlencode({**query, **timerange.query(rng)}, safe=":")
     title = f"{agg}({metric})" + (f" of {service}" if service else "") + (f" by {by}" if by else "")
-    fig.update_layout(title=_text(title))
+    fig.update_layout(title=plot_text(title))
     try:
         frame = data.metric_frame(metric, service, group_by, agg, start, end)
     except QueryError as exc:  # the chart, its title and the URL still say what was asked
@@ -157,7 +144,7 @@ def _figure(
         return _message(fig, f"No data for {metric}{where} in this time range"), search
     if by:
         for key, part in frame.group_by(by, maintain_order=True):
-            fig.add_scatter(x=part["ts"], y=part["value"], mode="lines", name=_text(f"{by}={key[0]}"))
+            fig.add_scatter(x=part["ts"], y=part["value"], mode="lines", name=plot_text(f"{by}={key[0]}"))
     else:
-        fig.add_scatter(x=frame["ts"], y=frame["value"], mode="lines", name=_text(metric))
+        fig.add_scatter(x=frame["ts"], y=frame["value"], mode="lines", name=plot_text(metric))
     return fig, search

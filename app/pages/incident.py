@@ -25,7 +25,7 @@ from dash import Input, Output, State, callback, ctx, dcc, html
 
 from app import data, timerange
 from app.auth import action_props, can_respond
-from app.charts import CONFIG, NO_MODEBAR, fit_modebar
+from app.charts import CONFIG, NO_MODEBAR, fit_modebar, plot_text
 from app.evidence import evidence_rows, unit_text
 from ingest.queries import QueryError
 from ingest.results import IncidentStatusError
@@ -69,11 +69,6 @@ def _ts(value: Any) -> str:
 
 def _labels_text(labels: dict[str, str]) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(labels.items())) or "(all)"
-
-
-def _plot_text(text: Any) -> str:
-    """Text for Plotly labels: entity-escaped, because Plotly reads ``<b>``, ``<a href>`` ... in them."""
-    return html_text.escape(str(text), quote=False)
 
 
 def _number(value: Any) -> str:
@@ -121,7 +116,7 @@ def kpi_figure(incident: dict[str, Any], series: pl.DataFrame, events: pl.DataFr
         hows.add(how)
         if how in ("p99", "mean"):  # a histogram's two KPIs share the axis: say which line is which
             name = how if name == "(all)" else f"{how} {name}"
-        fig.add_scatter(x=frame["ts"], y=frame["value"], mode="lines", name=_plot_text(name))
+        fig.add_scatter(x=frame["ts"], y=frame["value"], mode="lines", name=plot_text(name))
         marks = (
             anomalies.filter(pl.col("series_id") == series_id)
             .with_columns(pl.col("ts").dt.truncate(step))
@@ -136,7 +131,7 @@ def kpi_figure(incident: dict[str, Any], series: pl.DataFrame, events: pl.DataFr
                 y=marks["value"],
                 mode="markers",
                 marker={"color": "#d92d20", "size": 7, "symbol": "circle-open", "line": {"width": 2}},
-                name=_plot_text(f"anomalous: {name}"),
+                name=plot_text(f"anomalous: {name}"),
                 customdata=marks["score"],
                 hovertemplate="score %{customdata:.2f}<extra></extra>",
                 showlegend=False,
@@ -170,8 +165,8 @@ def kpi_figure(incident: dict[str, Any], series: pl.DataFrame, events: pl.DataFr
             x=ev["ts"],
             y=1 - 0.09 * (i % 4),
             yref="paper",
-            text=_plot_text(title if len(title) <= 40 else title[:39] + "…"),
-            hovertext=_plot_text(f"{_ts(ev['ts'])} {title}"),
+            text=plot_text(title if len(title) <= 40 else title[:39] + "…"),
+            hovertext=plot_text(f"{_ts(ev['ts'])} {title}"),
             showarrow=False,
             xanchor="left",
             font={"size": 11, "color": colour},
@@ -181,7 +176,7 @@ def kpi_figure(incident: dict[str, Any], series: pl.DataFrame, events: pl.DataFr
         height=340,
         margin={"l": 50, "r": 10, "t": 10, "b": 30},
         xaxis_title="time (UTC)",
-        yaxis_title=_plot_text(
+        yaxis_title=plot_text(
             f"{incident['metric']} ({', '.join(sorted(hows))})" if hows else incident["metric"]
         ),
         legend={"orientation": "h", "y": -0.2},
@@ -216,7 +211,7 @@ def _who(causes: list[dict[str, Any]], series: pl.DataFrame, shared: dict[str, s
         head = html.Tr([html.Th(h) for h in ("Dimension", "Actual", "Expected", "Share explained")])
         out.append(html.Table([html.Thead(head), html.Tbody(rows)], id="inc-dimensions", className="grid"))
         bars = go.Figure()
-        names = [_plot_text(_labels_text(c.get("labels") or {})) for c in dims]
+        names = [plot_text(_labels_text(c.get("labels") or {})) for c in dims]
         for key, colour in (("expected", "#98a2b3"), ("actual", "#d92d20")):
             bars.add_bar(
                 y=names,
