@@ -845,10 +845,12 @@ class StreamingDetector(Detector):
         errors. With ``mean_gate = (g, f)``, a longer mean counts only as far as the last ``g`` points still show
         the shift: its distance is at most ``f`` times theirs, and 0 when they lie on the other side."""
         gate = getattr(self, "mean_gate", None)
-        recent = mean_of(gate[0]) - med if gate else None
+        # each length once: the gate's is usually one of ``means`` too (10), and this runs per series every pass
+        shifts = {k: mean_of(k) - med for k in {*self.means, *(gate[:1] if gate else ())}}
+        recent = shifts[gate[0]] if gate else None
         out = []
         for k in self.means:
-            shift = mean_of(k) - med
+            shift = shifts[k]
             dev = np.abs(shift)
             if recent is not None and k > gate[0]:
                 dev = np.where(shift * recent > 0, np.minimum(dev, gate[1] * np.abs(recent)), 0.0)
