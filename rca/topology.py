@@ -416,7 +416,7 @@ class TopologyAnalyser:
                 # the worst instance where it shifted more than all calls together
                 per_service = (
                     pl.concat([per_service, worst], how="diagonal")
-                    .sort("z", descending=True)
+                    .sort("z", descending=True, maintain_order=True)  # a tie keeps the pooled row
                     .unique("service", keep="first", maintain_order=True)
                 )
             out.append(per_service.with_columns(pl.lit("self_time").alias("signal")))
