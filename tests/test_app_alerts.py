@@ -112,6 +112,7 @@ def _stop(proc) -> None:
     assert proc.wait(timeout=60) == 0
 
 
+@pytest.mark.slow
 def test_alerts_page_silence_holds_deliveries_until_expired(
     tmp_path, serve_process, browser_page, receiver, screenshot
 ):

@@ -257,6 +257,7 @@ def test_cli_detect_and_incidents_json(tmp_path: Path) -> None:
     assert p.returncode == 2 and "unknown detector 'nope'" in p.stderr
 
 
+@pytest.mark.slow
 def test_demo_pipeline_runs_detection(tmp_path: Path) -> None:
     db = tmp_path / "demo.duckdb"
     p = subprocess.run(

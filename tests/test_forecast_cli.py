@@ -83,6 +83,7 @@ def test_forecast_file_warns_about_a_series_without_values(tmp_path: Path) -> No
     assert f"{f}: no forecast for b (no values to fit)" in p.stderr
 
 
+@pytest.mark.slow
 def test_forecast_store_writes_the_forecasts_table(tmp_path: Path) -> None:
     db = tmp_path / "r.duckdb"
     p = _run("simulate", "--out", str(tmp_path / "sim"), "--days", "2", "--scale", "0.05")
@@ -137,6 +138,7 @@ def test_eval_forecast_on_an_m4_sample(tmp_path: Path, shared_data: Path) -> Non
     assert r["forecasters"]["auto"]["mase"] < r["forecasters"]["naive"]["mase"]
 
 
+@pytest.mark.slow
 def test_bench_forecast_small(tmp_path: Path) -> None:
     out = tmp_path / "bf.json"
     p = _run("bench", "forecast", "--series", "4", "--days", "21", "--out", str(out), "--format", "json")

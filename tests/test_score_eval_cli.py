@@ -90,6 +90,7 @@ def test_eval_nab_scores_the_corpus_above_a_floor(tmp_path: Path, shared_data: P
     assert set(std["categories"]) >= {"realKnownCause", "realTweets", "artificialWithAnomaly"}
 
 
+@pytest.mark.slow
 def test_bench_detect_small(tmp_path: Path) -> None:
     out = tmp_path / "bd.json"
     p = _run("bench", "detect", "--series", "20", "--days", "1", "--out", str(out), "--format", "json")
