@@ -92,6 +92,7 @@ from detectors.calibration import (
     exceedance_parts,
     exceedance_state,
     exceedance_update,
+    nan_to_zero,
     tail_of_z,
     z_of_tail,
 )
@@ -271,13 +272,14 @@ def _polars_window_stats(
 def _robust_from_quantiles(
     y: np.ndarray, resolution: np.ndarray, med: np.ndarray, q25: np.ndarray, q75: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # nan_to_zero is np.nan_to_num(x, nan=0.0) at a fraction of its cost (this runs per series every pass)
     scale = (q75 - q25) / 1.349
     res = np.where(np.isfinite(resolution), resolution, 0.0)
-    floor = np.maximum(res, 1e-3 * np.abs(np.nan_to_num(med)))
-    scale = np.maximum(np.nan_to_num(scale, nan=0.0), floor)
+    floor = np.maximum(res, 1e-3 * np.abs(nan_to_zero(med)))
+    scale = np.maximum(nan_to_zero(scale), floor)
     scale = np.where(scale > 0, scale, 1.0)
     z = np.abs(y - med) / scale
-    return np.nan_to_num(z, nan=0.0), med, scale
+    return nan_to_zero(z), med, scale
 
 
 def suppress_after_alarm(z: np.ndarray, span: int, alarm_z: float) -> np.ndarray:
@@ -308,6 +310,8 @@ def trailing_window_sum(x: np.ndarray, width: int) -> np.ndarray:
     [inf, inf, 3.0, 6.0, 9.0, 12.0]
     """
     x = np.asarray(x, dtype=np.float64)
+    if x.ndim == 1:  # the same additions in compiled loops (per series on the incremental path: ~20x less)
+        return _window_sums(np.ascontiguousarray(x), int(width))
     n = x.shape[-1]  # along the last axis (a 2-d array: one window sum per row)
     out = np.zeros(x.shape)
     block = x.copy()  # sums of ``size`` values ending at each point
@@ -328,6 +332,30 @@ def trailing_window_sum(x: np.ndarray, width: int) -> np.ndarray:
         block = doubled
 
 
+@compiled
+def _window_sums(x: np.ndarray, width: int) -> np.ndarray:
+    """:func:`trailing_window_sum` of a 1-d array, element by element: each output is the same float additions
+    in the same order as the vectorised form (block sums ``block[i] + block[i - half]``, then the blocks of
+    ``width``'s bits, smallest first, added to 0), so both give bit-identical sums."""
+    n = x.size
+    out = np.zeros(n)
+    block = x.copy()
+    size, offset = 1, 0
+    while True:
+        if width & size:
+            for i in range(n):
+                out[i] = out[i] + (block[i - offset] if i >= offset else np.inf)
+            offset += size
+        size *= 2
+        if size > width:
+            return out
+        half = size // 2
+        doubled = np.empty(n)
+        for i in range(n):
+            doubled[i] = block[i] + block[i - half] if i >= half else np.inf
+        block = doubled
+
+
 def trailing_mean(x: np.ndarray, width: int) -> np.ndarray:
     """Mean of the last ``width`` values at each point (of the values so far before ``width`` exist).
 
@@ -343,7 +371,7 @@ def trailing_mean(x: np.ndarray, width: int) -> np.ndarray:
     [1.0, 1.5, 2.0, 1.6666666666666667, 1.0, 0.0]
     """
     x = np.asarray(x, dtype=np.float64)
-    sums = trailing_window_sum(np.r_[np.zeros(width - 1), x], width)[width - 1 :]
+    sums = trailing_window_sum(np.concatenate((np.zeros(width - 1), x)), width)[width - 1 :]
     return sums / np.minimum(width, np.arange(1, x.size + 1))
 
 
@@ -686,7 +714,7 @@ class StreamingDetector(Detector):
     def _resolution(y: np.ndarray, state: StreamState | StreamingState) -> np.ndarray:
         # the step into the first new point counts too, so pieces give the same resolution as one pass
         prev = state.y[-1:] if state.y.size else ffill(y)[:1]
-        return running_resolution(ffill(np.r_[prev, y]), state.resolution)[1:]
+        return running_resolution(ffill(np.concatenate((prev, y))), state.resolution)[1:]
 
     def _score_series(
         self, t: np.ndarray, y: np.ndarray, state: StreamState | StreamingState
@@ -963,7 +991,7 @@ class StreamingDetector(Detector):
         n = y.size
         if not n:
             return SeriesScores(np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0)), state
-        a = ffill(np.r_[state.y, y])
+        a = ffill(np.concatenate((state.y, y)))  # np.r_ costs ~20 µs a call, per series on the incremental path
         res = self._resolution(y, state)
         index = state.seen + np.arange(n)  # stream index of the new points
         surprises, starts, med, scale = self._surprises_at(a, res, n, state.seen - state.y.size)
@@ -971,7 +999,7 @@ class StreamingDetector(Detector):
         hold = self._holds()
         for c, (surprise, start) in enumerate(zip(surprises, starts, strict=True)):
             if self.smooth > 1:
-                ext = np.r_[state.raw[c], surprise]
+                ext = np.concatenate((state.raw[c], surprise))
                 raw_tail.append(ext[-(self.smooth - 1) :])
                 surprise = trailing_mean(ext, self.smooth)[-n:]
             else:
@@ -1002,7 +1030,7 @@ class StreamingDetector(Detector):
             z = np.zeros(n)
         z_raw, z_tail = z, state.z
         if self.suppress:
-            ext = np.r_[state.z, z_raw]
+            ext = np.concatenate((state.z, z_raw))
             prev = _windows(ext, np.arange(state.z.size, ext.size) - 1, self.suppress, -np.inf)[0].max(axis=1)
             z = np.where(prev < self.alarm_z, z_raw, np.minimum(z_raw, 0.0))
             z_tail = ext[-self.suppress :]
