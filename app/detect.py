@@ -38,12 +38,12 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from app.procs import exit_with_parent
 from detectors.alarms import AlarmRule, AlarmState
 from detectors.base import series_blocks
 from detectors.incidents import Episode, Incident, IncidentPolicy, update_incidents
 from detectors.registry import make_detector
 from ingest import results
+from ingest.procs import exit_with_parent
 from ingest.schema import POINTS, TS
 from ingest.store import Store
 

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from app.procs import exit_with_parent
+from ingest.procs import exit_with_parent
 
 NAB_PROFILES = ("standard", "reward_low_FP_rate", "reward_low_FN_rate")
 

@@ -20,10 +20,10 @@ import flask
 from waitress import wasyncore
 from waitress.server import create_server
 
-from app.procs import exit_with_parent
 from app.receiver import MAX_BODY_BYTES, otlp_blueprint
 from ingest.batch import TelemetryBatch
 from ingest.genai import DEFAULT_TENANT_ATTRIBUTE
+from ingest.procs import exit_with_parent
 from ingest.scrape import Scraper, ScrapeTarget
 from ingest.store import Store
 from ingest.writer import BatchWriter, QueueFull

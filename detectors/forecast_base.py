@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 import numpy as np
 import polars as pl
 
+from ingest.procs import exit_with_parent
 from ingest.schema import TS
 
 if TYPE_CHECKING:
@@ -610,8 +611,12 @@ def single_threaded_blas() -> Iterator[None]:
         yield
 
 
-def limit_blas_threads() -> None:
-    """One BLAS thread for the rest of this (worker) process; a process pool's initializer."""
+def limit_blas_threads(parent: int | None = None) -> None:
+    """One BLAS thread for the rest of this (worker) process; a process pool's initializer. With ``parent``
+    (the pid that started the pool), the worker also ends once that process is gone (:func:`exit_with_parent`):
+    an evaluation killed with SIGKILL does not leave its forecasting workers behind."""
+    if parent is not None:
+        exit_with_parent(parent)
     if _load_blas():
         from threadpoolctl import threadpool_limits
 
@@ -639,7 +644,10 @@ def _map(forecaster: Forecaster, method: str, items: list[tuple[Any, ...]]) -> l
     clone = forecaster.clone()
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(
-        max_workers=min(jobs, n_chunks), mp_context=ctx, initializer=limit_blas_threads
+        max_workers=min(jobs, n_chunks),
+        mp_context=ctx,
+        initializer=limit_blas_threads,
+        initargs=(os.getpid(),),
     ) as ex:
         results = ex.map(_run_chunk, [clone] * len(chunks), [method] * len(chunks), chunks)
         return [r for chunk in results for r in chunk]

@@ -33,6 +33,7 @@ auto           9.37    0.764  0.414  0.792  0.939   6.19     18.7
 from __future__ import annotations
 
 import multiprocessing
+import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime
@@ -274,7 +275,7 @@ def evaluate_m4(
             else:
                 ctx = multiprocessing.get_context("spawn")
                 with ProcessPoolExecutor(
-                    max_workers=n_jobs, mp_context=ctx, initializer=limit_blas_threads
+                    max_workers=n_jobs, mp_context=ctx, initializer=limit_blas_threads, initargs=(os.getpid(),)
                 ) as ex:
                     futures = [ex.submit(_forecast_chunk, name, kw, chunk, HORIZON) for chunk in chunks]
                     for fut, chunk in zip(futures, chunks, strict=True):

@@ -54,6 +54,7 @@ from __future__ import annotations
 import csv
 import math
 import multiprocessing
+import os
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -357,7 +358,9 @@ def evaluate_servegen(
         outputs = [_fit_predict(name, kw.get(name, {}), train, h) for name, h, _, train in tasks]
     else:
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx, initializer=limit_blas_threads) as ex:
+        with ProcessPoolExecutor(
+            max_workers=n_jobs, mp_context=ctx, initializer=limit_blas_threads, initargs=(os.getpid(),)
+        ) as ex:
             futures = [
                 ex.submit(_fit_predict, name, kw.get(name, {}), train, h) for name, h, _, train in tasks
             ]

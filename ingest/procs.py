@@ -1,8 +1,9 @@
 """Worker processes that do not outlive their parent.
 
 A process-pool worker waits on its pool's pipe; a parent killed with SIGKILL (an OOM kill, a crash of
-``rootwise serve``) leaves it waiting forever, holding its memory. :func:`exit_with_parent`, run in the worker
-(a pool ``initializer``), ends it once it has been re-parented.
+``rootwise serve`` or of an evaluation) leaves it waiting forever, holding its memory. :func:`exit_with_parent`,
+run in the worker (a pool ``initializer``), ends it once it has been re-parented. Every process pool of Rootwise
+(detection, the server's decoders, the evaluations, the forecasters) starts its workers with it.
 """
 
 from __future__ import annotations
