@@ -360,8 +360,7 @@ class ScoringPool:
         self.nice = nice
         self._executor: Any = None
         self._lock = threading.Lock()
-        #: (process id, polars threads, niceness) of the workers started last
-        self.started: list[tuple[int, int, int]] = []
+        self._warm: list[Any] = []
 
     def executor(self) -> Any:
         import multiprocessing as mp
@@ -378,16 +377,21 @@ class ScoringPool:
                         initializer=_start_worker,
                         initargs=(self.nice, os.getpid()),
                     )
-                    # each submit with no idle worker starts one: all start now, under the setting above
-                    warm = [ex.submit(_warm_worker) for _ in range(self.workers)]
+                    # each submit with no idle worker starts one: all start now, under the setting above;
+                    # their warm-up runs while the caller reads its first batch (not waited for here)
+                    self._warm = [ex.submit(_warm_worker) for _ in range(self.workers)]
                 finally:
                     if old is None:
                         os.environ.pop("POLARS_MAX_THREADS", None)
                     else:
                         os.environ["POLARS_MAX_THREADS"] = old
-                self.started = [f.result() for f in warm]
                 self._executor = ex
             return self._executor
+
+    @property
+    def started(self) -> list[tuple[int, int, int]]:
+        """(process id, polars threads, niceness) of the workers started last, once they have warmed up."""
+        return [f.result() for f in self._warm]
 
     def close(self) -> None:
         with self._lock:
@@ -403,8 +407,21 @@ def _start_worker(nice: int, parent: int) -> None:
 
 
 def _warm_worker() -> tuple[int, int, int]:
-    """Imports what scoring needs; returns the worker's process id, polars thread count and niceness."""
-    make_detector(DetectConfig.detector)
+    """Imports what scoring needs and scores a made-up series once, fitted then continued, so the compiled
+    kernels are loaded (about half a second) before the first batch arrives; returns the worker's process
+    id, polars thread count and niceness."""
+    det = _detector(DetectConfig())
+    n, start = 400, datetime(2024, 1, 1)
+    frame = pl.DataFrame(
+        {
+            "series_id": np.zeros(n, dtype=np.int64),
+            "ts": pl.datetime_range(start, start + (n - 1) * timedelta(minutes=1), "1m", eager=True),
+            "value": np.random.default_rng(0).normal(10.0, 1.0, n),
+        },
+        schema=POINTS,
+    )
+    det.fit_score_online(frame.head(n - 5))
+    det.score_update(frame.tail(5))
     return os.getpid(), pl.thread_pool_size(), os.nice(0)
 
 
