@@ -7,7 +7,6 @@ The URL carries the service and the view (``/service/rag-api?range=24h&by=region
 
 from __future__ import annotations
 
-import html as html_text
 import textwrap
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -19,7 +18,7 @@ import polars as pl
 from dash import ALL, MATCH, Input, Output, State, callback, dcc, html
 
 from app import data, notices, timerange
-from app.charts import CONFIG, fit_modebar
+from app.charts import CONFIG, fit_modebar, plot_text
 from ingest.queries import QueryError
 
 dash.register_page(
@@ -239,7 +238,7 @@ def _figure(traces: list[dict[str, Any]], layout: dict[str, Any]) -> dict[str, A
 
 def _empty(message: str) -> dict[str, Any]:
     """An empty chart that says why (query errors name the metric or label; wrapped to fit the panel)."""
-    text = "<br>".join(html_text.escape(line) for line in textwrap.wrap(message, 60)[:6])
+    text = "<br>".join(plot_text(line) for line in textwrap.wrap(message, 60)[:6])
     return _figure(
         [],
         {
@@ -266,7 +265,7 @@ def _top(frame: pl.DataFrame, by: str) -> tuple[list[str | None], int]:
 
 def _name(by: str, value: str | None) -> str:
     # legend text is telemetry: escaped, since plotly renders a subset of HTML in trace names
-    return html_text.escape(f"{by}={value}" if value is not None else f"no {by} label")
+    return plot_text(f"{by}={value}" if value is not None else f"no {by} label")
 
 
 def panel_figure(
@@ -340,7 +339,7 @@ def panel_figure(
             )
         traces.append(_line(frame["ts"].to_list(), frame["value"].to_list(), "mean", width=1.5))
     else:
-        name = html_text.escape(metric)
+        name = plot_text(metric)
         traces.append(
             _line(frame["ts"].to_list(), frame["value"].to_list(), name, color=_PALETTE[0], width=1.5)
         )
@@ -348,7 +347,7 @@ def panel_figure(
         traces,
         {
             "title": {
-                "text": html_text.escape(subtitle),
+                "text": plot_text(subtitle),
                 "font": {"size": 11, "color": "#667085"},
                 "x": 0.01,
             },
@@ -356,7 +355,7 @@ def panel_figure(
             "margin": {"l": 48, "r": 10, "t": 24 if subtitle else 10, "b": 28},
             # the page says "Times in UTC" once
             "xaxis": {"title": {"text": None}, "hoverformat": "%Y-%m-%d %H:%M UTC"},
-            "yaxis": {"title": {"text": html_text.escape(panel.unit)}, "rangemode": "tozero"},
+            "yaxis": {"title": {"text": plot_text(panel.unit)}, "rangemode": "tozero"},
             "legend": {"orientation": "h", "y": -0.18, "font": {"size": 10}},
             "showlegend": bool(by) or panel.how in _HISTOGRAM,
             "hovermode": "x unified",
