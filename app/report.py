@@ -22,6 +22,7 @@ import plotly.graph_objects as go
 import polars as pl
 
 from app.capacity import CapacityPlan, Resource
+from app.charts import CONFIG, fit_modebar
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -220,12 +221,16 @@ def render_html(plan: CapacityPlan, *, static: bool = False) -> str:
     """The report as one self-contained HTML document (plotly.js inline); ``static`` freezes the charts."""
     from plotly.offline import get_plotlyjs
 
-    config = {"staticPlot": True} if static else {"displaylogo": False, "responsive": True}
+    # interactive: the app's toolbar (download PNG, zoom, pan, reset; no lasso or select, no Plotly logo) in its
+    # own strip above the plot, shown on hover, so it never covers a title, a limit or a P50/P90 mark
+    config = {"staticPlot": True} if static else {**CONFIG, "responsive": True}
     charts: list[str] = []
 
     def chart(fig: go.Figure) -> str:
         if static:
             fig.update_layout(width=1000)
+        else:
+            fit_modebar(fig)
         div = fig.to_html(
             full_html=False, include_plotlyjs=False, config=config, div_id=f"chart-{len(charts)}"
         )

@@ -221,6 +221,9 @@ def test_html_report_is_self_contained_and_escapes_telemetry(growth_store, tmp_p
     assert "<script>alert(1)</script>" not in doc and "&lt;script&gt;alert(1)" in doc
     assert 'src="http' not in doc  # plotly.js is inline: the file works offline
     assert doc.count('class="plotly-graph-div"') >= 2  # the resource and its demand
+    # every chart has the app's toolbar, not Plotly's full one (lasso, select, the logo linking out)
+    buttons = '"displaylogo": false, "displayModeBar": "hover", "modeBarButtons": [["toImage"], ["zoom2d", "pan2d"'
+    assert doc.count(buttons) == doc.count('class="plotly-graph-div"')
 
 
 def test_second_report_scores_the_first_against_what_happened(growth_store, tmp_path):
