@@ -99,4 +99,5 @@ def test_bench_detect_small(tmp_path: Path) -> None:
     # every 10th series is a counter, scored on its increases: its first point has none
     assert r["first_run"]["points"] == 20 * 1440 - 2
     assert r["incremental_run"]["points"] == 20 * 5
+    assert r["warm_pass"]["points"] == 20 * 5 and r["warm_pass"]["pass_seconds"] > 0
     assert "streaming" in r["families"]
