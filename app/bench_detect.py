@@ -109,6 +109,13 @@ def _run_detect(db: Path) -> dict[str, Any]:
         "print(json.dumps({**r.to_dict(), 'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
     )
     started = time.perf_counter()
+    out = _run_child(code)
+    out["wall_seconds"] = round(time.perf_counter() - started, 1)
+    return out
+
+
+def _run_child(code: str) -> dict[str, Any]:
+    """Run ``code`` in a fresh Python process from the checkout; the JSON object its last line prints."""
     proc = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
@@ -116,12 +123,9 @@ def _run_detect(db: Path) -> dict[str, Any]:
         check=False,
         cwd=Path(__file__).resolve().parents[1],
     )
-    wall = time.perf_counter() - started
     if proc.returncode != 0:
         raise RuntimeError(f"detect failed: {proc.stderr[-2000:]}")
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
-    out["wall_seconds"] = round(wall, 1)
-    return out
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def _run_warm_pass(db: Path, *, series: int, days: float, after: int) -> dict[str, Any]:
@@ -142,16 +146,7 @@ def _run_warm_pass(db: Path, *, series: int, days: float, after: int) -> dict[st
         "s.close(); pool.close()\n"
         "print(json.dumps({**r.to_dict(), 'pass_seconds': round(sec, 1)}))\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=Path(__file__).resolve().parents[1],
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"detect failed: {proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return _run_child(code)
 
 
 def bench_families(db: Path, *, sample: int = 100) -> dict[str, Any]:
