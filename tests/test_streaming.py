@@ -234,6 +234,20 @@ def test_window_sum_is_exact_and_start_independent() -> None:
         np.testing.assert_array_equal(trailing_window_sum(x[77:], width)[width - 1 :], full[77 + width - 1 :])
 
 
+def test_compiled_window_sum_is_the_vectorised_one_bit_for_bit() -> None:
+    """A 1-d array goes through the compiled loop, rows of a 2-d array through the vectorised blocks: the same
+    float additions in the same order, so the same bits (a batch pass and an incremental one may take either)."""
+    from detectors.streaming import trailing_window_sum
+
+    rng = np.random.default_rng(31)
+    x = np.r_[rng.lognormal(0, 3, 700), rng.normal(size=300) * 1e-9, np.zeros(20)]
+    for width in (1, 2, 3, 10, 60, 97, 1440, 2000):
+        one = trailing_window_sum(x, width)
+        rows = trailing_window_sum(np.vstack([x, x[::-1]]), width)
+        np.testing.assert_array_equal(one, rows[0])
+        np.testing.assert_array_equal(trailing_window_sum(x[::-1], width), rows[1])
+
+
 def test_trailing_mean_is_start_independent_and_exact_on_equal_values() -> None:
     """The recent means of the mean channel: the same floats whatever the start of the array (so pieces and one
     pass agree), the mean so far before a full window, and exactly 0 over zeros after decimals (a running sum
@@ -734,6 +748,38 @@ def test_later_at_least_counts_exactly_below_k() -> None:
                 low = exact < k
                 np.testing.assert_array_equal(got[low], exact[low], err_msg=f"{m} {k}")
                 assert (got[~low] >= k).all(), (m, k)
+
+
+def test_compiled_exceedance_tail_equals_the_ufunc_formula() -> None:
+    """The calibration's tail probability, compiled, against the formula written with numpy ufuncs (what it
+    replaced): the same floats, edge cases included (no threshold yet, no exceedances, NaN sums, u <= 0)."""
+    from detectors.calibration import _exceedance_tail
+
+    def reference(x, u, exc_sum, hit_sum, q, min_scale):
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            sigma = np.nan_to_num(exc_sum / hit_sum, nan=0.0)
+            spread = np.abs(u) * 0.05
+            spread = np.where(np.isnan(spread) | (spread == np.inf), 0.0, spread)
+            sigma = np.maximum(np.maximum(sigma, spread), min_scale)
+            p_tail = (1.0 - q) * np.exp(-(x - u) / sigma)
+            p_body = 1.0 - q * np.minimum(np.maximum(x / np.where(u > 0, u, np.inf), 0.0), 1.0)
+        return np.where(x > u, p_tail, p_body)
+
+    rng = np.random.default_rng(44)
+    n = 5000
+    x = np.abs(rng.standard_cauchy(n))
+    u = np.where(rng.random(n) < 0.1, np.inf, rng.lognormal(0, 1, n))
+    u[rng.random(n) < 0.05] = 0.0
+    u[rng.random(n) < 0.02] = -1.0
+    hit_sum = rng.integers(0, 30, n).astype(float)
+    exc_sum = np.where(hit_sum > 0, rng.lognormal(0, 2, n) * hit_sum, 0.0)
+    exc_sum[rng.random(n) < 0.02] = np.nan
+    exc_sum[rng.random(n) < 0.01] = 1e308  # a sum past the largest float after division by a fraction
+    for q, min_scale in ((0.98, 1e-9), (0.99, 0.5)):
+        np.testing.assert_array_equal(
+            _exceedance_tail(x, u, exc_sum, hit_sum, q, min_scale),
+            reference(x, u, exc_sum, hit_sum, q, min_scale),
+        )
 
 
 def test_exceedance_without_exceedances_in_the_window() -> None:
