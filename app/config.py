@@ -168,15 +168,16 @@ def parse_config(path: str | Path) -> tuple[Config, list[str]]:
         for i, item in enumerate(checked(_expect, raw, "scrape", list, where, [], default=[]))
         if (s := checked(_scrape, item, f"{where}: scrape[{i}]")) is not None
     ]
-    max_body = checked(_max_body, ingest, where, default=16 * 1024 * 1024)
+    # a setting with a problem keeps the default of Config (one place for each default)
+    max_body = checked(_max_body, ingest, where, default=Config.max_body_bytes)
     tenant = checked(
         _expect,
         ingest,
         "tenant_attribute",
         str,
         f"{where}: ingest",
-        "rootwise.tenant.id",
-        default="rootwise.tenant.id",
+        Config.tenant_attribute,
+        default=Config.tenant_attribute,
     )
     extra = {k: v for k, v in raw.items() if k not in {"server", "ingest", "scrape"}}
     config = Config(
@@ -220,7 +221,7 @@ def _scrape(item: Any, w: str) -> ScrapeConfig:
 
 
 def _max_body(ingest: dict[str, Any], where: str) -> int:
-    max_body = _expect(ingest, "max_body_bytes", int, f"{where}: ingest", 16 * 1024 * 1024)
+    max_body = _expect(ingest, "max_body_bytes", int, f"{where}: ingest", Config.max_body_bytes)
     if max_body <= 0:
         raise ConfigError(f"{where}: ingest.max_body_bytes: expected a positive integer, got {max_body}")
     return max_body
