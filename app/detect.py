@@ -319,13 +319,16 @@ def run_detection(
 
         own = pool is None
         scoring = ScoringPool(workers) if own else pool
+        scoring.start()  # while the first batch is read
         try:
-            executor = scoring.executor()
+            executor = None
             pending: deque[tuple[list[int], Any]] = deque()
             for batch, job in zip(batches, jobs, strict=True):
                 if first:
                     incidents = _recent_incidents(store, job[3], config)
                     first = False
+                if executor is None:
+                    executor = scoring.executor()
                 pending.append((batch, executor.submit(_score_job, *job)))
                 while len(pending) > scoring.workers:
                     b, fut = pending.popleft()
@@ -348,11 +351,11 @@ def run_detection(
 class ScoringPool:
     """Scoring processes for detection passes, started on first use and kept until :meth:`close`.
 
-    ``rootwise serve`` keeps one between passes: starting two processes and importing the detectors in them
-    costs seconds of the two cores every pass. Workers run polars with one thread each (the parent keeps
-    reading and writing the store); they are started eagerly, all at once, so each sees that setting. With
-    ``nice``, they run at that lower CPU priority: in ``rootwise serve`` the receiver's acknowledgements come
-    first and scoring takes the cores' remaining time.
+    ``rootwise serve`` keeps one between passes. The processes are forked from a fork server that imported
+    the detectors and loaded numba once (:mod:`app.detect_preload`): each spawned process used to pay ~2
+    CPU-seconds of imports on the two cores of the pass it served. Workers run polars with one thread each
+    (the parent keeps reading and writing the store). With ``nice``, they run at that lower CPU priority: in
+    ``rootwise serve`` the receiver's acknowledgements come first and scoring takes the cores' remaining time.
     """
 
     def __init__(self, workers: int, *, nice: int = 0) -> None:
@@ -361,6 +364,22 @@ class ScoringPool:
         self._executor: Any = None
         self._lock = threading.Lock()
         self._warm: list[Any] = []
+        self._starting: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the processes in a background thread and return at once (:meth:`executor` then waits for
+        them): starting the fork server blocks for about a second, which the caller spends reading."""
+        with self._lock:
+            if self._executor is not None or self._starting is not None:
+                return
+            self._starting = threading.Thread(target=self._start_quietly, name="rootwise-scoring-start", daemon=True)
+            self._starting.start()
+
+    def _start_quietly(self) -> None:
+        try:
+            self.executor()
+        except Exception:  # noqa: BLE001 - executor() raises it again where the caller waits for the pool
+            pass
 
     def executor(self) -> Any:
         import multiprocessing as mp
@@ -368,23 +387,17 @@ class ScoringPool:
 
         with self._lock:
             if self._executor is None:
-                old = os.environ.get("POLARS_MAX_THREADS")
-                os.environ["POLARS_MAX_THREADS"] = "1"
-                try:
-                    ex = ProcessPoolExecutor(
-                        self.workers,
-                        mp_context=mp.get_context("spawn"),
-                        initializer=_start_worker,
-                        initargs=(self.nice, os.getpid()),
-                    )
-                    # each submit with no idle worker starts one: all start now, under the setting above;
-                    # their warm-up runs while the caller reads its first batch (not waited for here)
-                    self._warm = [ex.submit(_warm_worker) for _ in range(self.workers)]
-                finally:
-                    if old is None:
-                        os.environ.pop("POLARS_MAX_THREADS", None)
-                    else:
-                        os.environ["POLARS_MAX_THREADS"] = old
+                ctx = mp.get_context("forkserver")
+                ctx.set_forkserver_preload(["app.detect_preload"])
+                ex = ProcessPoolExecutor(
+                    self.workers,
+                    mp_context=ctx,
+                    initializer=_start_worker,
+                    initargs=(self.nice, os.getpid()),
+                )
+                # each submit with no idle worker starts one: all start now; their warm-up runs while the
+                # caller reads its first batch (not waited for here)
+                self._warm = [ex.submit(_warm_worker) for _ in range(self.workers)]
                 self._executor = ex
             return self._executor
 
@@ -394,8 +407,11 @@ class ScoringPool:
         return [f.result() for f in self._warm]
 
     def close(self) -> None:
+        starting = self._starting
+        if starting is not None:
+            starting.join()
         with self._lock:
-            ex, self._executor = self._executor, None
+            ex, self._executor, self._starting = self._executor, None, None
         if ex is not None:
             ex.shutdown(wait=True, cancel_futures=True)
 

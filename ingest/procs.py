@@ -15,11 +15,36 @@ import time
 
 def exit_with_parent(parent: int, every: float = 0.5) -> None:
     """End this process once ``parent`` (the pid that started it) is gone: a daemon thread checks every
-    ``every`` seconds whether the process was re-parented."""
+    ``every`` seconds whether the process was re-parented.
+
+    A worker forked by a ``forkserver`` has the server as its direct parent, not ``parent``; the server exits
+    when ``parent`` does, so the worker is re-parented then too, and meanwhile ``parent`` itself is watched."""
+    direct = os.getppid()
+
+    def gone() -> bool:
+        if os.getppid() != direct:
+            return True
+        return direct != parent and not _exists(parent)
 
     def watch() -> None:
-        while os.getppid() == parent:
+        while not gone():
             time.sleep(every)
         os._exit(0)
 
     threading.Thread(target=watch, name="rootwise-parent-watch", daemon=True).start()
+
+
+def _exists(pid: int) -> bool:
+    """``pid`` runs (a zombie does not: a killed parent stays one until its own parent reaps it, which a
+    supervisor reading our output may do only once that output ends, i.e. once we exit)."""
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):  # gone, or the number went to someone else's process
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[-1][:1] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: signal 0 is all we can tell
+        return True

@@ -221,3 +221,28 @@ def test_scoring_processes_end_when_their_parent_is_killed() -> None:
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(_alive(p) for p in pids)
+
+
+#: a process's thread names (``/proc/self/task``), printed as JSON
+THREAD_NAMES = (
+    "import json, os\n"
+    "print(json.dumps(sorted(open(f'/proc/self/task/{t}/comm').read().strip() for t in os.listdir('/proc/self/task'))))\n"
+)
+
+
+@pytest.mark.parametrize("then", ["", "import polars as pl\npl.DataFrame({'a': range(10**5)}).sum()\n"])
+def test_the_scoring_fork_server_loads_without_starting_polars_thread_pool(then: str) -> None:
+    """Scoring processes are forked from a server that imported ``app.detect_preload``: had that started
+    polars' thread pool, the forked processes would have polars without its threads, and their first polars
+    call would wait forever. The second case shows the check sees a started pool."""
+    import json
+    import re
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    code = "import app.detect_preload\n" + then + THREAD_NAMES
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120)
+    assert out.returncode == 0, out.stderr
+    pool = [n for n in json.loads(out.stdout.splitlines()[-1]) if re.fullmatch(r"polars-\d+", n)]
+    assert pool == ([] if not then else ["polars-0"])

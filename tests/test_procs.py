@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-# the parent: a spawn pool with the initializer under test; it prints its worker's pid, then kills itself
+# the parent: a pool with the initializer under test; it prints its worker's pid, then kills itself
 PARENT = """
 import multiprocessing, os, signal, sys
 from concurrent.futures import ProcessPoolExecutor
@@ -17,7 +17,7 @@ import {module} as m
 
 if __name__ == "__main__":
     init = getattr(m, "{name}")
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=init,
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("{method}"), initializer=init,
                              initargs=(os.getpid(),)) as ex:
         print(ex.submit(os.getpid).result(), flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
@@ -35,12 +35,17 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.parametrize(
-    ("module", "name"),
-    [("ingest.procs", "exit_with_parent"), ("detectors.forecast_base", "limit_blas_threads")],
+    ("module", "name", "method"),
+    [
+        ("ingest.procs", "exit_with_parent", "spawn"),
+        # forked by a fork server (detection's scoring processes): the server is their parent, not ours
+        ("ingest.procs", "exit_with_parent", "forkserver"),
+        ("detectors.forecast_base", "limit_blas_threads", "spawn"),
+    ],
 )
-def test_pool_worker_ends_when_its_parent_is_killed(tmp_path: Path, module: str, name: str) -> None:
+def test_pool_worker_ends_when_its_parent_is_killed(tmp_path: Path, module: str, name: str, method: str) -> None:
     script = tmp_path / "parent.py"
-    script.write_text(PARENT.format(module=module, name=name))
+    script.write_text(PARENT.format(module=module, name=name, method=method))
     root = Path(__file__).resolve().parents[1]
     out, err = tmp_path / "stdout", tmp_path / "stderr"
     # files, not pipes: a worker left behind would hold a pipe open and the run would wait for it
