@@ -671,6 +671,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 f"simulator ({r['days']} days, seed {r['seed']}, scale {r['scale']}): "
                 f"recall {p['recall']}, precision {p['precision']}, MTTD {p['mean_time_to_detect_min']} min, "
                 f"false pages/series-week {r['false_pages_per_series_week']}",
+                f"  time to page: mean {p['mean_time_to_page_min']} min, median {p['median_time_to_page_min']} min, "
+                f"max {p['max_time_to_page_min']} min (from the labelled start; an incident opens as a ticket "
+                "at its first alarm and pages when it grows)",
                 f"  alarms went on after the labelled end: median {p['recovery_lag_median_min']} min, "
                 f"90th percentile {p['recovery_lag_p90_min']} min (still open at the end: {p['still_open']})",
             ]

@@ -210,6 +210,7 @@ def match_incidents(
         if datetime.fromisoformat(d["start"]) >= evaluate_from and (not pages_only or d["severity"] == "page")
     ]
     hit_delay: dict[int, float] = {}
+    page_delay: dict[int, float] = {}  # labelled start to the first page of an incident that found it
     matched: dict[int, list[dict[str, Any]]] = {}
     false = []
     for d in det:
@@ -225,6 +226,9 @@ def match_incidents(
         for i, s in inside:
             delay = (s - lab[i][0]).total_seconds() / 60
             hit_delay[i] = min(hit_delay.get(i, delay), delay)
+            if d.get("paged_at"):
+                paged = (datetime.fromisoformat(d["paged_at"]) - lab[i][0]).total_seconds() / 60
+                page_delay[i] = min(page_delay.get(i, paged), paged)
             if d not in matched.setdefault(i, []):
                 matched[i].append(d)
     tp_alarms = len(det) - len(false)
@@ -237,7 +241,14 @@ def match_incidents(
         "false_alarms": len(false),
         "precision": round(tp_alarms / len(det), 4) if det else None,
         "mean_time_to_detect_min": round(float(np.mean(list(hit_delay.values()))), 2) if hit_delay else None,
+        # from the labelled start to the page (detected incidents with ``paged_at``: see :func:`page_time`)
+        **_delays("time_to_page", list(page_delay.values())),
         "missed": missed,
+        # per labelled incident found: minutes from its start to the first alarm, and to the page (None: no page)
+        "delays": {
+            lab[i][2]["kind"] + "@" + lab[i][2]["start"]: [round(hit_delay[i], 1), _round(page_delay.get(i))]
+            for i in sorted(hit_delay)
+        },
         # what woke someone for nothing: service, the incident's top metric, start, peak z
         "false": [
             f"{d['service']}/{d['metric']}@{d['start']} (z {float(d.get('peak') or 0):.1f})" for d in false
@@ -245,6 +256,29 @@ def match_incidents(
         "by_kind": _by_kind(lab, hit_delay),
         **_recovery(lab, matched),
     }
+
+
+def page_time(store: Any, incident_id: str, policy: Any) -> datetime | None:
+    """When the stored incident ``incident_id`` first met the page rule of :mod:`detectors.incidents` (an
+    alarm's score reaching ``policy.page_z``, or ``policy.page_series`` series alarming), reconstructed from
+    its series' alarm points in ``anomalies``: an incident opens as a ticket at its first alarm and is paged
+    later when it grows. None when it never met the rule (a page kept from before, or no stored points)."""
+    cur = store.cursor()
+    cur.complete()
+    hot = cur.execute(
+        "SELECT min(a.ts) FROM incident_series s JOIN anomalies a ON a.series_id = s.series_id "
+        "AND a.ts BETWEEN s.start AND s.last WHERE s.incident_id = $id AND a.is_anomaly AND a.score >= $z",
+        {"id": incident_id, "z": policy.page_z},
+    ).fetchone()[0]
+    starts = sorted(
+        r[0]
+        for r in cur.execute(
+            "SELECT start FROM incident_series WHERE incident_id = $id", {"id": incident_id}
+        ).fetchall()
+    )
+    wide = starts[policy.page_series - 1] if len(starts) >= policy.page_series else None
+    times = [t for t in (hot, wide) if t is not None]
+    return min(times) if times else None
 
 
 def _recovery(
@@ -269,6 +303,20 @@ def _recovery(
     }
 
 
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 1)
+
+
+def _delays(name: str, minutes: list[float]) -> dict[str, Any]:
+    if not minutes:
+        return {f"mean_{name}_min": None, f"median_{name}_min": None, f"max_{name}_min": None}
+    return {
+        f"mean_{name}_min": round(float(np.mean(minutes)), 2),
+        f"median_{name}_min": round(float(np.median(minutes)), 2),
+        f"max_{name}_min": round(float(np.max(minutes)), 2),
+    }
+
+
 def _by_kind(lab: list[tuple[datetime, datetime, dict[str, Any]]], hit: dict[int, float]) -> dict[str, str]:
     kinds: dict[str, list[int]] = {}
     for i, (_, _, x) in enumerate(lab):
@@ -286,7 +334,7 @@ def eval_incidents(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Simulate (or reuse ``data``), ingest, detect, then score incidents against the labels."""
-    from app.detect import run_detection
+    from app.detect import DetectConfig, run_detection
     from ingest.files import ingest_paths
     from ingest.results import incident_series, list_incidents
     from ingest.simulator import simulate
@@ -306,8 +354,12 @@ def eval_incidents(
         report = run_detection(store)
         t2 = time.perf_counter()
         detected = list_incidents(store)
+        policy = DetectConfig().policy
         for d in detected:
             d["alarm_starts"] = [t.isoformat() for t in incident_series(store, d["id"])["start"].to_list()]
+            if d["severity"] == "page":
+                paged = page_time(store, d["id"], policy)
+                d["paged_at"] = paged.isoformat() if paged else None
         n_series = report.series
         store.close()
         # labels are read only now, after detection has finished
