@@ -17,8 +17,9 @@ def exit_with_parent(parent: int, every: float = 0.5) -> None:
     """End this process once ``parent`` (the pid that started it) is gone: a daemon thread checks every
     ``every`` seconds whether the process was re-parented.
 
-    A worker forked by a ``forkserver`` has the server as its direct parent, not ``parent``; the server exits
-    when ``parent`` does, so the worker is re-parented then too, and meanwhile ``parent`` itself is watched."""
+    A worker forked by a ``forkserver`` has the server as its direct parent, not ``parent``, and the server
+    outlives ``parent`` as long as any of its workers does (each holds the server's lifeline): such a worker
+    also watches ``parent`` itself, and ends once it is gone or a zombie."""
     direct = os.getppid()
 
     def gone() -> bool:
