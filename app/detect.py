@@ -403,7 +403,11 @@ class ScoringPool:
 
     @property
     def started(self) -> list[tuple[int, int, int]]:
-        """(process id, polars threads, niceness) of the workers started last, once they have warmed up."""
+        """(process id, polars threads, niceness) of the workers started last, once they have warmed up
+        (after :meth:`start`, once its thread has started them)."""
+        starting = self._starting
+        if starting is not None:
+            starting.join()
         return [f.result() for f in self._warm]
 
     def close(self) -> None:

@@ -246,3 +246,25 @@ def test_the_scoring_fork_server_loads_without_starting_polars_thread_pool(then:
     assert out.returncode == 0, out.stderr
     pool = [n for n in json.loads(out.stdout.splitlines()[-1]) if re.fullmatch(r"polars-\d+", n)]
     assert pool == ([] if not then else ["polars-0"])
+
+
+def test_a_scoring_pool_started_in_the_background_is_closed_with_its_processes() -> None:
+    """``start`` returns at once and starts the processes in a thread (a pass reads meanwhile); starting again
+    changes nothing, and ``close`` ends the processes, also right after ``start``."""
+    import time
+
+    from app.detect import ScoringPool
+
+    pool = ScoringPool(2)
+    t = time.perf_counter()
+    pool.start()
+    pool.start()
+    assert time.perf_counter() - t < 0.5  # the fork server loads for a second or more
+    pids = [pid for pid, _, _ in pool.started]
+    assert len(set(pids)) == 2 and all(_alive(p) for p in pids)
+    pool.close()
+    assert not any(_alive(p) for p in pids)
+    quick = ScoringPool(1)
+    quick.start()
+    quick.close()  # waits for the start, then shuts it down
+    assert quick._executor is None
