@@ -321,15 +321,13 @@ def run_detection(
         scoring = ScoringPool(workers) if own else pool
         scoring.start()  # while the first batch is read
         try:
-            executor = None
             pending: deque[tuple[list[int], Any]] = deque()
             for batch, job in zip(batches, jobs, strict=True):
                 if first:
                     incidents = _recent_incidents(store, job[3], config)
                     first = False
-                if executor is None:
-                    executor = scoring.executor()
-                pending.append((batch, executor.submit(_score_job, *job)))
+                # asked after the first batch is read: the first call waits for the start
+                pending.append((batch, scoring.executor().submit(_score_job, *job)))
                 while len(pending) > scoring.workers:
                     b, fut = pending.popleft()
                     apply(b, fut.result())
@@ -405,15 +403,16 @@ class ScoringPool:
     def started(self) -> list[tuple[int, int, int]]:
         """(process id, polars threads, niceness) of the workers started last, once they have warmed up
         (after :meth:`start`, once its thread has started them)."""
-        starting = self._starting
-        if starting is not None:
-            starting.join()
+        self._wait_start()
         return [f.result() for f in self._warm]
 
-    def close(self) -> None:
+    def _wait_start(self) -> None:
         starting = self._starting
         if starting is not None:
             starting.join()
+
+    def close(self) -> None:
+        self._wait_start()
         with self._lock:
             ex, self._executor, self._starting = self._executor, None, None
         if ex is not None:
