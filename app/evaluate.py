@@ -258,11 +258,12 @@ def match_incidents(
     }
 
 
-def page_time(store: Any, incident_id: str, policy: Any) -> datetime | None:
+def page_time(store: Any, incident_id: str, alarm_starts: list[datetime], policy: Any) -> datetime | None:
     """When the stored incident ``incident_id`` first met the page rule of :mod:`detectors.incidents` (an
     alarm's score reaching ``policy.page_z``, or ``policy.page_series`` series alarming), reconstructed from
-    its series' alarm points in ``anomalies``: an incident opens as a ticket at its first alarm and is paged
-    later when it grows. None when it never met the rule (a page kept from before, or no stored points)."""
+    its series' alarm points in ``anomalies`` and their alarms' starts (``alarm_starts``, as the caller read
+    them from ``incident_series``): an incident opens as a ticket at its first alarm and is paged later when
+    it grows. None when it never met the rule (a page kept from before, or no stored points)."""
     cur = store.cursor()
     cur.complete()
     hot = cur.execute(
@@ -270,12 +271,7 @@ def page_time(store: Any, incident_id: str, policy: Any) -> datetime | None:
         "AND a.ts BETWEEN s.start AND s.last WHERE s.incident_id = $id AND a.is_anomaly AND a.score >= $z",
         {"id": incident_id, "z": policy.page_z},
     ).fetchone()[0]
-    starts = sorted(
-        r[0]
-        for r in cur.execute(
-            "SELECT start FROM incident_series WHERE incident_id = $id", {"id": incident_id}
-        ).fetchall()
-    )
+    starts = sorted(alarm_starts)
     wide = starts[policy.page_series - 1] if len(starts) >= policy.page_series else None
     times = [t for t in (hot, wide) if t is not None]
     return min(times) if times else None
@@ -356,9 +352,10 @@ def eval_incidents(
         detected = list_incidents(store)
         policy = DetectConfig().policy
         for d in detected:
-            d["alarm_starts"] = [t.isoformat() for t in incident_series(store, d["id"])["start"].to_list()]
+            starts = incident_series(store, d["id"])["start"].to_list()
+            d["alarm_starts"] = [t.isoformat() for t in starts]
             if d["severity"] == "page":
-                paged = page_time(store, d["id"], policy)
+                paged = page_time(store, d["id"], starts, policy)
                 d["paged_at"] = paged.isoformat() if paged else None
         n_series = report.series
         store.close()

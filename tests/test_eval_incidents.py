@@ -110,7 +110,7 @@ def test_page_time_replays_the_page_rule_on_the_stored_alarm_points(tmp_path) ->
 
     from app.evaluate import page_time
     from detectors.incidents import Episode, IncidentPolicy, update_incidents
-    from ingest.results import save_detection
+    from ingest.results import incident_series, save_detection
     from ingest.store import Store
 
     t0 = datetime(2026, 10, 2, 10, 0)
@@ -154,6 +154,7 @@ def test_page_time_replays_the_page_rule_on_the_stored_alarm_points(tmp_path) ->
             )
             (inc,) = update_incidents([], eps, policy)
             save_detection(store, states={}, anomalies=anomalies, detector="t", incidents=[inc], now=t0)
-            assert page_time(store, inc.id, policy) == expected[name], name
+            starts = incident_series(store, inc.id)["start"].to_list()
+            assert page_time(store, inc.id, starts, policy) == expected[name], name
     finally:
         store.close()
