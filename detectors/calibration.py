@@ -174,9 +174,11 @@ def exceedance_z(
 
     ``hold`` keeps a sustained anomaly out of its own calibration, as SPOT does with the points it flags: in a
     run of consecutive points that score ``z >= hold_z``, the first joins the history as it is and the next
-    ``hold - 1`` join as an ordinary value (0, no exceedance). Without it a sustained anomaly calibrates itself
-    away: the history holds only ``(1 - q) * window`` points above the threshold (14 of a day's 1,440 at
-    ``q = 0.99``), and once the anomaly's first points are among them its later, larger points score lower and
+    ``hold - 1`` join at their own threshold ``u``: no exceedance, and the threshold stays where it was (as 0
+    they lowered it whenever they would have been among the top values, and on a quantised series whose tail
+    sits at the cap the capped values then counted as exceedances and inflated the scale). Without it a
+    sustained anomaly calibrates itself away: the history holds only ``(1 - q) * window`` points above the
+    threshold (14 of a day's 1,440 at ``q = 0.99``), and once the anomaly's first points are among them its later, larger points score lower and
     lower (a leak that tripled a process's memory scored z 6.6 in its third minute and 2.5 half an hour
     later). An isolated spike, and the first point of every run, still join the history, so spikes that
     recur are learnt as before (holding those out too made a 0/1 gauge's every dip page). From the
@@ -232,7 +234,7 @@ def exceedance_parts(
         z, u, held, run, _ = _update(
             x, hist, _empty_exceedance(), q, window, min_history, min_scale, hold, hold_z
         )
-        hist = np.where(held, 0.0, hist)
+        hist = np.where(held, u, hist)
         hit = hist > u
         return z, hist, hit, np.where(hit, hist - u, 0.0), run
     s = pl.Series(x)
@@ -576,7 +578,7 @@ def _exceedance_steps(
 
     With ``hold > 0``, a raw score ``x`` that exceeds its threshold by at least ``gap`` times the tail scale
     (the scale of :func:`_exceedance_tail`) is anomalous; in a run of anomalous points, the second to the
-    ``hold``-th join the history as 0 instead of their value (``held``)."""
+    ``hold``-th join the history at their threshold ``u`` instead of their value (``held``)."""
     n = hist.size
     cap_m = pos0.size + n
     pos = np.empty(cap_m, np.int64)
@@ -656,7 +658,7 @@ def _exceedance_steps(
                 run += 1
                 if 1 < run <= hold:
                     held[j] = True
-                    v = 0.0
+                    v = ui
             else:
                 run = 0
         if v > ui:

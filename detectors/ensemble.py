@@ -10,8 +10,10 @@ The rule (documented in README, "Detection"):
    keeps its level and a counter that has not stepped yet is still a counter.
 2. **Always** the causal :class:`~detectors.streaming.StreamingDetector` (level and sustained-shift surprises
    with streaming peaks-over-threshold calibration): catches spikes, level shifts and bursts on any series,
-   quantised or not. A run of anomalous level points is held out of the level channel's calibration for up to
-   ``hold`` points (an hour), so a leak or a lasting shift keeps scoring instead of calibrating itself away.
+   quantised or not. A run of level points scoring ``z >= hold_z`` (3) is held out of the level channel's
+   calibration for up to ``hold`` points (four hours), so a leak or a lasting shift keeps scoring instead of
+   calibrating itself away, and an incident does not teach the calibration that incidents are normal (which
+   made a repeat within the day alarm 30-50 minutes late).
 3. **Seasonal** (daily autocorrelation ≥ ``seasonal_min`` on the 30-minute grid with at least
    ``StlResidualDetector.min_days`` of history) → add :class:`~detectors.seasonal.StlResidualDetector`, which
    catches "normal value at the wrong time of day" and keeps scoring a sustained deviation that a trailing
@@ -101,7 +103,8 @@ class EnsembleDetector(Detector):
         seasonal_min: float = 0.3,
         refit_every_days: float = 2.0,
         probe: int = 60,
-        hold: int = 60,
+        hold: int = 240,
+        hold_z: float = 3.0,
         infer_counters: bool = True,
         mean_gate: tuple[int, float] | None = (10, 2.0),
         threshold: Threshold | None = None,
@@ -112,18 +115,23 @@ class EnsembleDetector(Detector):
         self.refit_every_days = refit_every_days
         self.probe = probe
         self.hold = hold
+        self.hold_z = hold_z
         self.infer_counters = infer_counters
         self.mean_gate = mean_gate
 
     def _members(self) -> tuple[StreamingDetector, StlResidualDetector]:
         # fleet use: every anomalous point scores (no onset-only suppression), the alarm rule decides pages;
-        # a one-day calibration history (a bounded per-series tail) winsorised so that an earlier incident does
-        # not desensitise it, and a running anomaly held out of it for an hour so it does not desensitise itself
+        # a one-day calibration history (a bounded per-series tail) winsorised at 200, and an anomaly held out
+        # of the level channel's while it runs (up to four hours), so that neither it nor a repeat later in the
+        # day is scored against its own values. The hold starts at z 3, below the alarm bar: an incident that
+        # ramps up (latency growing ~10 % a minute) scored z 3.3-4.9 for 40 minutes with a hold from z 5, each
+        # minute joining the tail and lifting it for the next. The recent means are not held: that kept
+        # incidents open for up to an hour after the symptom ended (README, "Repeat incidents")
         stream = StreamingDetector(
             suppress=0,
             long=1440,
             calibration_cap=200.0,
-            holds={"level": (self.hold, 5.0)},
+            holds={"level": (self.hold, self.hold_z)},
             channels=("level", "mean"),
             mean_gate=self.mean_gate,
             threshold=self.threshold,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pickle
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -344,7 +345,7 @@ _INCREMENTAL = {
         suppress=0,
         long=1440,
         calibration_cap=200.0,
-        holds={"level": (60, 5.0)},
+        holds={"level": (240, 3.0)},
         channels=("level", "mean"),
         mean_gate=(10, 2.0),
     ),
@@ -669,7 +670,7 @@ def _exceedance_reference(
         )
         z[i] = z_of_tail(tail)[0] if i >= min_history else 0.0
         run = run + 1 if z[i] >= hold_z else 0
-        hist[i] = 0.0 if 1 < run <= hold else v
+        hist[i] = u if 1 < run <= hold else v
         hit[i], exc[i] = hist[i] > u, max(hist[i] - u, 0.0)
     return z
 
@@ -821,6 +822,34 @@ def test_ensemble_member_settings_are_the_ones_tested_incrementally() -> None:
     assert vars(stream) == vars(expected)
 
 
+def _fixture_points(name: str) -> tuple[pl.Series, pl.DataFrame]:
+    """A series exported from the simulator (``timestamp,value``): its times and a points frame."""
+    frame = pl.read_csv(Path(__file__).parent / "fixtures" / name)
+    ts = frame["timestamp"].str.to_datetime("%Y-%m-%dT%H:%M:%SZ").cast(pl.Datetime("us"))
+    return ts, pl.DataFrame({"series_id": np.ones(frame.height, np.int64), "ts": ts, "value": frame["value"]})
+
+
+def test_ensemble_finds_a_repeat_incident_as_fast_as_the_first() -> None:
+    """The simulator's seed 5, eu-west retriever latency (mean of the histogram, 4 days): vector DB latency
+    incidents start at 00:19 and 15:55 on 31 October, both ramping to ~150x in 40 minutes. Held from z 5 for an
+    hour, the first one's ramp filled the day's calibration tail (its top 1 %) at the cap and the second alarmed
+    (z 5) 51 minutes in; held from z 3 for four hours, it alarms within 10 minutes, like the first. Nothing
+    alarms outside the incidents and the two hours after each."""
+    ts, points = _fixture_points("sim_seed5_retriever_eu_west_latency_mean.csv")
+    minute = ((ts - ts[0]).dt.total_minutes()).to_numpy()
+    starts = [int(np.searchsorted(ts.to_numpy(), np.datetime64(t))) for t in ("2026-10-31T00:19", "2026-10-31T15:55")]
+    found = {}
+    for name, holds in (("new", _INCREMENTAL["ensemble"]["holds"]), ("old", {"level": (60, 5.0)})):
+        z = StreamingDetector(**{**_INCREMENTAL["ensemble"], "holds": holds}).score_online(points)["score"].to_numpy()
+        found[name] = [int(minute[s + np.argmax(z[s:] >= 5)] - minute[s]) for s in starts]
+        quiet = np.ones(z.size, bool)
+        for s in starts:
+            quiet[s : s + 240] = False
+        assert (z[quiet] < 5).all(), name
+    assert max(found["new"]) <= 10 and found["old"][0] <= 10, found
+    assert found["old"][1] >= 30, found  # what holding from z 3 for four hours fixes
+
+
 def _after_shift(mean_gate: tuple[int, float] | None, delta: float, length: int) -> tuple[np.ndarray, int]:
     rng = np.random.default_rng(3)
     y = 100 + rng.normal(0, 1, 4000)
@@ -850,3 +879,18 @@ def test_mean_gate_keeps_a_sustained_shift_as_visible(delta: float) -> None:
     during, during_gated = ungated[end - 120 : end], gated[end - 120 : end]
     assert during.max() >= 4 and during_gated.max() == pytest.approx(during.max())
     assert (during_gated >= 3).sum() >= 0.9 * (during >= 3).sum() > 0
+
+
+
+def test_a_hold_leaves_a_tail_at_the_cap_alone() -> None:
+    """The simulator's seed 7, p99 time per output token of one GPU node (4 days): a quantised series whose every
+    step is hundreds of robust units, so the level channel's tail sits at the 200-unit cap. A token inflation
+    steps it up at 20:30 on 30 October, z 7.3 without any hold: it pages. A held point joins the history at its
+    threshold, the cap, so the hold changes nothing there; held as 0 (before session 15) they pulled the
+    threshold under the cap, the capped points left in the window became exceedances, and the step scored z 4.2
+    and did not page."""
+    ts, points = _fixture_points("sim_seed7_gpu_node_8_time_per_output_token.csv")
+    at = int(np.searchsorted(ts.to_numpy(), np.datetime64("2026-10-30T20:30")))
+    held = StreamingDetector(**_INCREMENTAL["ensemble"]).score_online(points)["score"].to_numpy()
+    plain = StreamingDetector(**{**_INCREMENTAL["ensemble"], "holds": {}}).score_online(points)["score"].to_numpy()
+    assert held[at] >= 7 and held[at] == pytest.approx(plain[at], rel=1e-9)
