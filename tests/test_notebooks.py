@@ -20,6 +20,7 @@ def test_notebook_runs_top_to_bottom(name, shared_data, tmp_path, monkeypatch):
     monkeypatch.setenv("ROOTWISE_SHARED_DATA", os.environ.get("ROOTWISE_SHARED_DATA", str(shared_data)))
     monkeypatch.setenv("ROOTWISE_NB_SCALE", "0.05")  # the quickstart's platform at half its default size
     monkeypatch.setenv("ROOTWISE_NB_DAYS", "1")  # over one day (its default: 1.5)
+    monkeypatch.setenv("ROOTWISE_NB_WORKDIR", str(tmp_path))  # the quickstart's store goes with tmp_path
     client = NotebookClient(
         nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
     )
