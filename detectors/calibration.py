@@ -178,15 +178,15 @@ def exceedance_z(
     they lowered it whenever they would have been among the top values, and on a quantised series whose tail
     sits at the cap the capped values then counted as exceedances and inflated the scale). Without it a
     sustained anomaly calibrates itself away: the history holds only ``(1 - q) * window`` points above the
-    threshold (14 of a day's 1,440 at ``q = 0.99``), and once the anomaly's first points are among them its later, larger points score lower and
-    lower (a leak that tripled a process's memory scored z 6.6 in its third minute and 2.5 half an hour
-    later). An isolated spike, and the first point of every run, still join the history, so spikes that
-    recur are learnt as before (holding those out too made a 0/1 gauge's every dip page). From the
-    ``hold + 1``-th point of a run on, the anomaly joins the history, so a lasting change becomes the new
-    normal. A run whose first point alone lifts the tail so far that the second no longer reaches ``hold_z``
-    is not held: a sudden jump leans on its first points' scores (and on the recent-mean channels, which turn
-    it into a ramp). 0 turns this off. With a hold, the pass is the compiled loop of :func:`exceedance_update`
-    from an empty state (each point's history depends on the scores before it).
+    threshold (14 of a day's 1,440 at ``q = 0.99``), and once the anomaly's first points are among them its
+    later, larger points score lower and lower (a leak that tripled a process's memory scored z 6.6 in its
+    third minute and 2.5 half an hour later). An isolated spike, and the first point of every run, still join
+    the history, so spikes that recur are learnt as before (holding those out too made a 0/1 gauge's every dip
+    page). From the ``hold + 1``-th point of a run on, the anomaly joins the history, so a lasting change
+    becomes the new normal. A run whose first point alone lifts the tail so far that the second no longer
+    reaches ``hold_z`` is not held: a sudden jump leans on its first points' scores (and on the recent-mean
+    channels, which turn it into a ramp). 0 turns this off. With a hold, the pass is the compiled loop of
+    :func:`exceedance_update` from an empty state (each point's history depends on the scores before it).
 
     :func:`exceedance_update` continues the same calibration from an :class:`ExceedanceState` in time
     proportional to the new points.

@@ -122,11 +122,11 @@ class EnsembleDetector(Detector):
     def _members(self) -> tuple[StreamingDetector, StlResidualDetector]:
         # fleet use: every anomalous point scores (no onset-only suppression), the alarm rule decides pages;
         # a one-day calibration history (a bounded per-series tail) winsorised at 200, and an anomaly held out
-        # of the level channel's while it runs (up to four hours), so that neither it nor a repeat later in the
-        # day is scored against its own values. The hold starts at z 3, below the alarm bar: an incident that
-        # ramps up (latency growing ~10 % a minute) scored z 3.3-4.9 for 40 minutes with a hold from z 5, each
-        # minute joining the tail and lifting it for the next. The recent means are not held: that kept
-        # incidents open for up to an hour after the symptom ended (README, "Repeat incidents")
+        # of the level channel's history while it runs (up to four hours), so that neither it nor a repeat
+        # later in the day is scored against its own values. The hold starts at z 3, below the alarm bar: an
+        # incident that ramps up (latency growing ~10 % a minute) scored z 3.3-4.9 for 40 minutes with a hold
+        # from z 5, each minute joining the tail and lifting it for the next. The recent means are not held:
+        # that kept incidents open for up to an hour after the symptom ended (README, "Repeat incidents")
         stream = StreamingDetector(
             suppress=0,
             long=1440,

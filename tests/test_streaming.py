@@ -881,7 +881,6 @@ def test_mean_gate_keeps_a_sustained_shift_as_visible(delta: float) -> None:
     assert (during_gated >= 3).sum() >= 0.9 * (during >= 3).sum() > 0
 
 
-
 def test_a_hold_leaves_a_tail_at_the_cap_alone() -> None:
     """The simulator's seed 7, p99 time per output token of one GPU node (4 days): a quantised series whose every
     step is hundreds of robust units, so the level channel's tail sits at the 200-unit cap. A token inflation
