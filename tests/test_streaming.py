@@ -823,10 +823,13 @@ def test_ensemble_member_settings_are_the_ones_tested_incrementally() -> None:
 
 
 def _fixture_points(name: str) -> tuple[pl.Series, pl.DataFrame]:
-    """A series exported from the simulator (``timestamp,value``): its times and a points frame."""
-    frame = pl.read_csv(Path(__file__).parent / "fixtures" / name)
-    ts = frame["timestamp"].str.to_datetime("%Y-%m-%dT%H:%M:%SZ").cast(pl.Datetime("us"))
-    return ts, pl.DataFrame({"series_id": np.ones(frame.height, np.int64), "ts": ts, "value": frame["value"]})
+    """A series exported from the simulator (``timestamp,value``, read as ``rootwise score`` reads it): its
+    times and a points frame."""
+    from ingest.csvtable import read_csv_table
+
+    _, cols = read_csv_table(Path(__file__).parent / "fixtures" / name, {"timestamp": "time", "value": "number"})
+    ts = cols["timestamp"]
+    return ts, pl.DataFrame({"series_id": np.ones(ts.len(), np.int64), "ts": ts, "value": cols["value"]})
 
 
 def test_ensemble_finds_a_repeat_incident_as_fast_as_the_first() -> None:
@@ -884,7 +887,7 @@ def test_mean_gate_keeps_a_sustained_shift_as_visible(delta: float) -> None:
 def test_a_hold_leaves_a_tail_at_the_cap_alone() -> None:
     """The simulator's seed 7, p99 time per output token of one GPU node (4 days): a quantised series whose every
     step is hundreds of robust units, so the level channel's tail sits at the 200-unit cap. A token inflation
-    steps it up at 20:30 on 30 October, z 7.3 without any hold: it pages. A held point joins the history at its
+    steps it up at 20:30 on 30 October, z 7.2 without any hold: it pages. A held point joins the history at its
     threshold, the cap, so the hold changes nothing there; held as 0 (before session 15) they pulled the
     threshold under the cap, the capped points left in the window became exceedances, and the step scored z 4.2
     and did not page."""
